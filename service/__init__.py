@@ -1,0 +1,1 @@
+"""plinth's model-agnostic FastAPI service."""
