@@ -1,0 +1,57 @@
+# plinth's tasks. Every target assumes ./scripts/bootstrap.sh has run (the README's commands do).
+UV      ?= .cache/tools/bin/uv
+RUN     := $(UV) run --frozen
+PYINFRA := $(RUN) pyinfra -y
+RELEASE ?= bookworm
+
+.PHONY: help rehearse rehearse-down deploy-rehearsal ssh logs deploy-production \
+        deploy-production-dry dev lint format test test-service test-infra bench
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-24s %s\n", $$1, $$2}'
+
+rehearse:  ## boot (or reuse) the local rehearsal host, deploy plinth to it, print how to reach it
+	$(RUN) python -m infra.rehearsal up --release $(RELEASE)
+	$(MAKE) --no-print-directory deploy-rehearsal
+	@$(RUN) python -m infra.rehearsal info
+
+deploy-rehearsal:  ## re-deploy to the running rehearsal host
+	$(PYINFRA) infra/inventories/rehearsal.py infra/deploys/site.py
+
+rehearse-down:  ## stop the rehearsal host and remove everything it made on this machine
+	$(RUN) python -m infra.rehearsal down
+
+ssh:  ## a shell on the rehearsal host
+	ssh -F .rehearsal/ssh_config rehearsal
+
+logs:  ## follow the service's journal on the rehearsal host
+	ssh -F .rehearsal/ssh_config rehearsal journalctl -u plinth.service -f -o cat
+
+deploy-production:  ## deploy to PLINTH_HOST (see README: production)
+	$(PYINFRA) infra/inventories/production.py infra/deploys/site.py
+
+deploy-production-dry:  ## show what a production deploy would change, change nothing
+	$(RUN) pyinfra --dry infra/inventories/production.py infra/deploys/site.py
+
+dev:  ## throwaway PostgreSQL + the service with auto-reload on 127.0.0.1:8000
+	$(RUN) python -m tests.service.pg dev
+
+lint:  ## ruff lint and format check
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+
+format:  ## apply ruff's formatting and safe fixes
+	$(RUN) ruff check --fix .
+	$(RUN) ruff format .
+
+test: lint test-service test-infra  ## every test: lint, service, infra (boots the rehearsal host)
+
+test-service:  ## the service's tests on a throwaway PostgreSQL
+	$(RUN) pytest -x -q tests/service
+
+test-infra:  ## rehearsal tool, deploy, testinfra, idempotence (boots the rehearsal host)
+	$(RUN) pytest -x -q tests/infra
+
+bench:  ## the benchmarks; each prints a table
+	$(RUN) python bench/bench_service.py
+	$(RUN) python bench/bench_rehearsal.py

@@ -1,0 +1,1 @@
+"""plinth's infrastructure: pyinfra deploys, inventories, templates and the rehearsal tool."""

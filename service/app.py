@@ -1,0 +1,75 @@
+"""``create_app(settings)``: wiring only. Each concern lives in its own module."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.exc import SQLAlchemyError
+
+from service.api import health, models, predictions
+from service.config import Settings
+from service.database import build_engine, record_loaded_model
+from service.errors import install_exception_handlers
+from service.logs import configure_logging
+from service.metrics import change_pool_in_use
+from service.migrations import head_revision
+from service.observability import RequestContextMiddleware
+from service.openapi import install_openapi
+from service.predictors import ModelRegistry, load_models
+from service.release import package_version, read_release_info
+
+logger = logging.getLogger("plinth")
+
+
+def _record_models(app: FastAPI) -> None:
+    """Note in the registry table which artifacts this worker serves (best effort: the
+    database may be down or not migrated yet; readiness reports that separately)."""
+    registry: ModelRegistry = app.state.registry
+    try:
+        for model in registry:
+            record_loaded_model(
+                app.state.engine,
+                name=model.manifest.name,
+                version=model.manifest.version,
+                artifact_sha256=model.manifest.sha256,
+                framework=model.manifest.framework,
+            )
+    except SQLAlchemyError as error:
+        logger.warning("could not record loaded models: %s", type(error).__name__)
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    await run_in_threadpool(_record_models, app)
+    logger.info("serving models: %s", ", ".join(app.state.registry.names()))
+    yield
+    app.state.engine.dispose()
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the app; raises ``ModelLoadError`` when a configured model cannot be loaded."""
+    configure_logging(settings.log_level)
+    registry = load_models(settings.artifacts_dir, settings.models)
+    app = FastAPI(
+        title="plinth",
+        version=package_version(),
+        description="A model-agnostic prediction service: validated inputs, every prediction "
+        "persisted, problem+json errors.",
+        lifespan=_lifespan,
+    )
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.engine = build_engine(settings, on_pool_change=change_pool_in_use)
+    app.state.head_revision = head_revision()
+    app.state.release = read_release_info(settings.release_info_file)
+    install_exception_handlers(app)
+    app.add_middleware(RequestContextMiddleware)
+    app.include_router(health.router)
+    app.include_router(models.router)
+    app.include_router(predictions.build_router(registry, settings))
+    install_openapi(app)
+    return app

@@ -1,0 +1,144 @@
+"""Settings from ``PLINTH_*`` environment variables (and an optional env file).
+
+``load_settings`` turns every problem into a ``ConfigError`` that names the offending
+variable, so ``plinth check-config``/``plinth serve``/the ASGI module print exactly one line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+ENV_PREFIX = "PLINTH_"
+ENV_FILE_VARIABLE = "PLINTH_ENV_FILE"
+PACKAGED_ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
+# sysexits.h EX_CONFIG: lets systemd units tell "fix the configuration" from a crash.
+CONFIG_ERROR_EXIT_CODE = 78
+
+# Values people paste into templates instead of a real secret.
+_PLACEHOLDER = re.compile(
+    r"change[-_ ]?me|placeholder|replace[-_ ]?me"
+    r"|^todo$|^fixme$|^x{3,}$|^<.*>$|^\*+$|^secret$|^password$",
+    re.IGNORECASE,
+)
+_PLACEHOLDER_ANYWHERE = re.compile(r"change[-_ ]?me|placeholder|replace[-_ ]?me", re.IGNORECASE)
+
+
+class ConfigError(Exception):
+    """A setting is invalid; ``str()`` is the one line printed before exiting."""
+
+    def __init__(self, variable: str, reason: str) -> None:
+        super().__init__(f"configuration error: {variable} {reason}")
+        self.variable = variable
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    environment: Literal["development", "testing", "production"] = "development"
+    database_url: SecretStr | None = None
+    migration_database_url: SecretStr | None = None
+    models: Annotated[list[str], NoDecode] = ["iris"]
+    artifacts_dir: Path = PACKAGED_ARTIFACTS_DIR
+    max_batch_size: int = Field(default=64, ge=1, le=10_000)
+    predict_timeout_seconds: float = Field(default=2.0, gt=0)
+    db_pool_size: int = Field(default=5, ge=1)
+    db_max_overflow: int = Field(default=5, ge=0)
+    db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    db_statement_timeout_ms: int = Field(default=5_000, ge=1)
+    workers: int = Field(default=2, ge=1)
+    bind: str = "127.0.0.1:8000"
+    timeout_seconds: int = Field(default=30, ge=1)
+    graceful_timeout_seconds: int = Field(default=30, ge=1)
+    keepalive_seconds: int = Field(default=5, ge=1)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    release_info_file: Path | None = None
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _at_least_one_model(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("must name at least one model")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lowercase_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    def sqlalchemy_url(self, *, for_migrations: bool = False) -> URL:
+        """The URL to connect with; migrations prefer their own (more privileged) role."""
+        secret = self.database_url
+        if for_migrations and self.migration_database_url is not None:
+            secret = self.migration_database_url
+        if secret is None:
+            raise ConfigError(f"{ENV_PREFIX}DATABASE_URL", "is not set")
+        return _postgresql_url(secret.get_secret_value())
+
+
+def _postgresql_url(raw: str) -> URL:
+    url = make_url(raw)
+    # psycopg 3 is the only PostgreSQL driver installed; plain postgresql:// means "default
+    # driver", which SQLAlchemy would resolve to the absent psycopg2.
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    return url
+
+
+def _check_database_url(variable: str, secret: SecretStr | None, *, production: bool) -> None:
+    if secret is None or not secret.get_secret_value().strip():
+        raise ConfigError(variable, "is not set")
+    raw = secret.get_secret_value()
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise ConfigError(variable, "is not a valid database URL") from None
+    if url.get_backend_name() not in ("postgresql", "postgres"):
+        raise ConfigError(variable, "must be a PostgreSQL URL (postgresql+psycopg://...)")
+    if url.drivername not in ("postgresql", "postgres", "postgresql+psycopg"):
+        raise ConfigError(variable, "must use the psycopg driver (postgresql+psycopg://...)")
+    if production and (
+        (url.password is not None and _PLACEHOLDER.search(url.password))
+        or _PLACEHOLDER_ANYWHERE.search(raw)
+    ):
+        raise ConfigError(variable, "contains a placeholder; set the real secret")
+
+
+def _variable_for(error_location: tuple[int | str, ...]) -> str:
+    field = str(error_location[0]) if error_location else "settings"
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate the settings; raise ``ConfigError`` naming the first bad variable."""
+    env_file = os.environ.get(ENV_FILE_VARIABLE)
+    if env_file and not Path(env_file).is_file():
+        raise ConfigError(ENV_FILE_VARIABLE, f"names a file that does not exist: {env_file}")
+    try:
+        settings = Settings(_env_file=env_file or None, **overrides)  # type: ignore[call-arg]
+    except ValidationError as error:
+        first = error.errors(include_input=False, include_url=False)[0]
+        raise ConfigError(_variable_for(first["loc"]), first["msg"].lower()) from None
+    production = settings.environment == "production"
+    _check_database_url(f"{ENV_PREFIX}DATABASE_URL", settings.database_url, production=production)
+    if settings.migration_database_url is not None:
+        _check_database_url(
+            f"{ENV_PREFIX}MIGRATION_DATABASE_URL",
+            settings.migration_database_url,
+            production=production,
+        )
+    return settings

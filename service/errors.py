@@ -1,0 +1,178 @@
+"""RFC 9457 problem details for every 4xx/5xx, and their description in the OpenAPI document."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.context import current_request_id
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+# How long clients should wait before retrying while the database is away: about one
+# pool pre-ping/reconnect cycle, short enough for a restart or fail-over.
+DATABASE_RETRY_AFTER_SECONDS = 5
+logger = logging.getLogger("plinth.errors")
+
+
+class Problem(BaseModel):
+    type: str = Field(default="about:blank", description="URI reference naming the problem type")
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = Field(default=None, description="the request path")
+    request_id: str | None = None
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="dotted location, e.g. body.inputs.0.petal_width_cm")
+    message: str
+    type: str
+
+
+class ValidationProblem(Problem):
+    errors: list[FieldError]
+
+
+class ReadinessProblem(Problem):
+    checks: dict[str, str] = Field(description="check name -> 'ok' or why it failed")
+
+
+class ProblemError(Exception):
+    """Raise from a route to answer with a problem document."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        problem_type: str = "about:blank",
+        headers: dict[str, str] | None = None,
+        **extensions: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.problem_type = problem_type
+        self.headers = headers
+        self.extensions = extensions
+
+
+def problem_response(
+    status: int,
+    detail: str | None = None,
+    *,
+    instance: str | None = None,
+    problem_type: str = "about:blank",
+    headers: dict[str, str] | None = None,
+    **extensions: Any,
+) -> JSONResponse:
+    body = {
+        "type": problem_type,
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+        "request_id": current_request_id(),
+        **extensions,
+    }
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def database_unavailable_response(instance: str | None) -> JSONResponse:
+    return problem_response(
+        503,
+        "the database is unavailable; retry later",
+        instance=instance,
+        problem_type="urn:plinth:problem:database-unavailable",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+    )
+
+
+def internal_error_response(instance: str | None) -> JSONResponse:
+    # Deliberately generic: the trace goes to the log (with the request id), never to clients.
+    return problem_response(500, "internal error; quote the request id", instance=instance)
+
+
+def _field_errors(error: RequestValidationError) -> list[dict[str, str]]:
+    # Only location, message and type: echoing the rejected input could leak payload data.
+    return [
+        {
+            "field": ".".join(str(part) for part in item.get("loc", ())) or "body",
+            "message": str(item.get("msg", "invalid")),
+            "type": str(item.get("type", "value_error")),
+        }
+        for item in error.errors()
+    ]
+
+
+def install_exception_handlers(app: FastAPI) -> None:
+    async def on_problem(request: Request, error: ProblemError) -> JSONResponse:
+        return problem_response(
+            error.status,
+            error.detail,
+            instance=request.url.path,
+            problem_type=error.problem_type,
+            headers=error.headers,
+            **error.extensions,
+        )
+
+    async def on_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        detail = error.detail if isinstance(error.detail, str) else None
+        return problem_response(
+            error.status_code, detail, instance=request.url.path, headers=error.headers
+        )
+
+    async def on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        errors = _field_errors(error)
+        summary = "; ".join(f"{item['field']}: {item['message']}" for item in errors[:5])
+        return problem_response(
+            422,
+            f"invalid request: {summary}",
+            instance=request.url.path,
+            problem_type="urn:plinth:problem:invalid-request",
+            errors=errors,
+        )
+
+    async def on_database_error(request: Request, error: Exception) -> JSONResponse:
+        logger.warning("database unavailable: %s", type(error).__name__)
+        return database_unavailable_response(request.url.path)
+
+    async def on_unexpected(request: Request, error: Exception) -> JSONResponse:
+        return internal_error_response(request.url.path)
+
+    app.add_exception_handler(ProblemError, on_problem)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    for database_error in (OperationalError, InterfaceError, PoolTimeoutError):
+        app.add_exception_handler(database_error, on_database_error)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` entries documenting each status as a problem document."""
+    documented: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        schema = {422: "ValidationProblem"}.get(status, "Problem")
+        entry: dict[str, Any] = {
+            "description": HTTPStatus(status).phrase,
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+        }
+        if status == 503:
+            entry["headers"] = {
+                "Retry-After": {
+                    "description": "seconds to wait before retrying",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                }
+            }
+        documented[status] = entry
+    return documented

@@ -1,0 +1,104 @@
+"""Gunicorn configuration for ``plinth serve`` (also usable as ``gunicorn -c python:...``).
+
+Importing this module picks the Prometheus multiprocess directory and exports
+``PROMETHEUS_MULTIPROC_DIR`` *before* any worker imports prometheus-client, which decides
+single- vs multi-process mode once, at its first import.
+
+Sockets: Gunicorn's arbiter itself adopts systemd's sockets when ``LISTEN_FDS`` is set and
+``LISTEN_PID`` is its PID (gunicorn/arbiter.py ``start()`` via ``systemd.listen_fds()``);
+``bind`` is only used otherwise. ``plinth serve`` runs the arbiter in its own process, so
+systemd's ``LISTEN_PID`` matches.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from service.config import Settings
+
+WORKER_CLASS = "uvicorn_worker.UvicornWorker"
+
+
+def _choose_metrics_dir() -> tuple[Path, bool]:
+    """(directory, whether we created a temporary one that we must remove at exit)."""
+    runtime_directory = os.environ.get("RUNTIME_DIRECTORY")
+    if runtime_directory:
+        # systemd may list several RuntimeDirectory= paths separated by ':'.
+        directory = Path(runtime_directory.split(":")[0]) / "metrics"
+        directory.mkdir(mode=0o700, exist_ok=True)
+        return directory, False
+    return Path(tempfile.mkdtemp(prefix="plinth-metrics-")), True
+
+
+METRICS_DIR, _METRICS_DIR_IS_TEMPORARY = _choose_metrics_dir()
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(METRICS_DIR)
+
+
+def on_starting(server: Any) -> None:
+    """Master start: files left by a previous run would be summed into our counters."""
+    for leftover in METRICS_DIR.glob("*.db"):
+        leftover.unlink()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A dead worker's live gauges (pool in use) must not count any more."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid, str(METRICS_DIR))
+
+
+def on_exit(server: Any) -> None:
+    if _METRICS_DIR_IS_TEMPORARY:
+        shutil.rmtree(METRICS_DIR, ignore_errors=True)
+
+
+def logconfig(settings: Settings) -> dict[str, Any]:
+    """Gunicorn's own (master) log lines as JSON on stdout, like the application's."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "service.logs.JsonFormatter"}},
+        "handlers": {
+            "stdout": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stdout",
+            }
+        },
+        "root": {"handlers": ["stdout"], "level": settings.log_level.upper()},
+        "loggers": {
+            "gunicorn.error": {
+                "handlers": ["stdout"],
+                "level": settings.log_level.upper(),
+                "propagate": False,
+            },
+            # The application writes its own access line (route template, request id).
+            "gunicorn.access": {"handlers": [], "level": "CRITICAL", "propagate": False},
+        },
+    }
+
+
+def options(settings: Settings) -> dict[str, Any]:
+    """Gunicorn settings derived from plinth's settings (re-read on every HUP)."""
+    return {
+        "bind": [settings.bind],
+        "workers": settings.workers,
+        "worker_class": WORKER_CLASS,
+        "timeout": settings.timeout_seconds,
+        "graceful_timeout": settings.graceful_timeout_seconds,
+        "keepalive": settings.keepalive_seconds,
+        "loglevel": settings.log_level,
+        "logconfig_dict": logconfig(settings),
+        "accesslog": None,
+        "proc_name": "plinth",
+        # Gunicorn >= 25.1 opens a control socket by default; plinth is managed by systemd
+        # signals only (contract: the control socket is off).
+        "control_socket_disable": True,
+        "on_starting": on_starting,
+        "child_exit": child_exit,
+        "on_exit": on_exit,
+    }

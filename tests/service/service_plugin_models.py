@@ -1,0 +1,41 @@
+"""Test-only model plug-ins, loaded through the same manifest/sha256 path as real models."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Echo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    value: int
+
+
+class SleepyPredictor:
+    """Sleeps ``delay_seconds`` (from its artifact) per batch: in-flight and timeout tests."""
+
+    input_schema = Echo
+    output_schema = Echo
+
+    def __init__(self, delay_seconds: float) -> None:
+        self.delay_seconds = delay_seconds
+
+    @classmethod
+    def load(cls, artifact: Path) -> Self:
+        return cls(json.loads(artifact.read_text())["delay_seconds"])
+
+    def predict(self, batch: Sequence[BaseModel]) -> list[BaseModel]:
+        time.sleep(self.delay_seconds)
+        return [Echo(value=item.value) for item in batch]  # type: ignore[attr-defined]
+
+
+class BrokenPredictor(SleepyPredictor):
+    """Raises with a message that must never reach a client."""
+
+    def predict(self, batch: Sequence[BaseModel]) -> list[BaseModel]:
+        raise RuntimeError("secret internal detail /etc/plinth/weights")

@@ -1,0 +1,242 @@
+"""Every endpoint and every documented error, in process against the real database."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+from service_support import IRIS_INPUT
+
+from service.app import create_app
+from service.config import Settings
+
+PROBLEM = "application/problem+json"
+
+
+def assert_problem(response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body = response.json()
+    assert body["status"] == status
+    assert body["request_id"] == response.headers["x-request-id"]
+    assert "Traceback" not in response.text
+    return body
+
+
+def predict(client: TestClient, inputs: object, model: str = "iris", **kwargs):
+    return client.post(f"/v1/models/{model}/predict", json={"inputs": inputs}, **kwargs)
+
+
+def test_healthz(client: TestClient) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_readyz_when_everything_is_up(client: TestClient) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["checks"] == {"database": "ok", "migrations": "ok", "models": "ok"}
+
+
+def test_version_reads_release_file_at_creation(settings: Settings, tmp_path: Path) -> None:
+    release = tmp_path / "release.json"
+    release.write_text(json.dumps({"version": "2024.1", "git_revision": "abc123"}))
+    with TestClient(create_app(settings.model_copy(update={"release_info_file": release}))) as c:
+        body = c.get("/version").json()
+    assert body["version"] == "2024.1"
+    assert body["git_revision"] == "abc123"
+    assert body["build_time"] == "unknown"
+
+
+def test_version_falls_back_to_unknown(client: TestClient) -> None:
+    body = client.get("/version").json()
+    assert body["git_revision"] == "unknown"
+    assert body["build_time"] == "unknown"
+    assert body["version"] == body["package_version"] != ""
+
+
+def test_models_listing_and_detail(client: TestClient) -> None:
+    listed = client.get("/v1/models").json()["models"]
+    assert [model["name"] for model in listed] == ["iris", "sleepy", "broken"]
+    iris = client.get("/v1/models/iris").json()
+    assert iris["version"] == "1.0.0"
+    assert len(iris["artifact_sha256"]) == 64
+    assert set(iris["input_schema"]["properties"]) == set(IRIS_INPUT)
+
+
+def test_unknown_model_is_404(client: TestClient) -> None:
+    assert_problem(client.get("/v1/models/nope"), 404)
+    body = assert_problem(predict(client, [IRIS_INPUT], model="nope"), 404)
+    assert "nope" in body["detail"]
+
+
+def test_models_loaded_are_recorded_in_registry_table(
+    client: TestClient, db: psycopg.Connection
+) -> None:
+    rows = db.execute("SELECT name, version, framework FROM model_registry ORDER BY name").fetchall()
+    assert ("iris", "1.0.0", "pure-python") in rows
+
+
+def test_predict_persists_every_item_before_answering(
+    client: TestClient, db: psycopg.Connection
+) -> None:
+    virginica = {**IRIS_INPUT, "petal_length_cm": 5.8, "petal_width_cm": 2.2, "sepal_length_cm": 6.9}
+    response = predict(client, [IRIS_INPUT, virginica], headers={"X-Request-ID": "req-42"})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model"] == "iris" and body["model_version"] == "1.0.0"
+    assert body["request_id"] == "req-42" == response.headers["x-request-id"]
+    species = [item["output"]["species"] for item in body["predictions"]]
+    assert species == ["setosa", "virginica"]
+    ids = [item["id"] for item in body["predictions"]]
+    stored = db.execute(
+        "SELECT id::text, request_id, input, output FROM predictions ORDER BY input->>'petal_length_cm'"
+    ).fetchall()
+    assert sorted(row[0] for row in stored) == sorted(ids)
+    assert {row[1] for row in stored} == {"req-42"}
+    assert stored[0][2] == IRIS_INPUT
+    assert stored[0][3]["species"] == "setosa"
+
+
+def test_prediction_can_be_read_back(client: TestClient) -> None:
+    prediction_id = predict(client, [IRIS_INPUT]).json()["predictions"][0]["id"]
+    record = client.get(f"/v1/predictions/{prediction_id}").json()
+    assert record["id"] == prediction_id
+    assert record["input"] == IRIS_INPUT
+    assert record["model_name"] == "iris"
+    assert record["latency_ms"] >= 0
+
+
+def test_unknown_prediction_is_404_and_invalid_id_is_422(client: TestClient) -> None:
+    assert_problem(client.get(f"/v1/predictions/{uuid.uuid4()}"), 404)
+    body = assert_problem(client.get("/v1/predictions/not-a-uuid"), 422)
+    assert body["errors"][0]["field"] == "path.prediction_id"
+
+
+@pytest.mark.parametrize(
+    ("inputs", "field"),
+    [
+        ([{**IRIS_INPUT, "sepal_length_cm": "wide"}], "body.inputs.0.sepal_length_cm"),
+        ([{k: v for k, v in IRIS_INPUT.items() if k != "petal_width_cm"}], "body.inputs.0.petal_width_cm"),
+        ([IRIS_INPUT, {**IRIS_INPUT, "colour": "blue"}], "body.inputs.1.colour"),
+        ([{**IRIS_INPUT, "petal_length_cm": -1}], "body.inputs.0.petal_length_cm"),
+        ([], "body.inputs"),
+        ("not a list", "body.inputs"),
+    ],
+)
+def test_invalid_input_is_422_naming_the_field(
+    client: TestClient, db: psycopg.Connection, inputs: object, field: str
+) -> None:
+    body = assert_problem(predict(client, inputs), 422)
+    assert field in [error["field"] for error in body["errors"]]
+    assert field in body["detail"]
+    assert db.execute("SELECT count(*) FROM predictions").fetchone() == (0,)
+
+
+@pytest.mark.parametrize(
+    "raw", [b"{", b"[]", b"null", b'{"inputs": [1, 2]}', b"\xff\xfe", b'{"other": 1}']
+)
+def test_malformed_bodies_are_422_never_500(client: TestClient, raw: bytes) -> None:
+    response = client.post(
+        "/v1/models/iris/predict", content=raw, headers={"content-type": "application/json"}
+    )
+    assert_problem(response, 422)
+
+
+def test_batch_over_the_limit_is_413(client: TestClient, db: psycopg.Connection) -> None:
+    assert predict(client, [IRIS_INPUT] * 8).status_code == 200
+    body = assert_problem(predict(client, [IRIS_INPUT] * 9), 413)
+    assert "8" in body["detail"]
+    assert db.execute("SELECT count(*) FROM predictions").fetchone() == (8,)
+
+
+def test_slow_model_times_out_with_504_and_stores_nothing(
+    client: TestClient, db: psycopg.Connection
+) -> None:
+    body = assert_problem(predict(client, [{"value": 1}], model="sleepy"), 504)
+    assert "sleepy" in body["detail"]
+    assert db.execute("SELECT count(*) FROM predictions").fetchone() == (0,)
+
+
+def test_model_crash_is_a_500_without_internals(client: TestClient) -> None:
+    response = predict(client, [{"value": 1}], model="broken")
+    assert_problem(response, 500)
+    assert "secret internal detail" not in response.text
+    assert "RuntimeError" not in response.text
+
+
+def test_unknown_route_and_wrong_method(client: TestClient) -> None:
+    assert_problem(client.get("/no/such/route"), 404)
+    body = assert_problem(client.delete("/healthz"), 405)
+    assert body["title"] == "Method Not Allowed"
+    assert client.delete("/healthz").headers["allow"] == "GET"
+
+
+def test_request_id_is_taken_from_header_or_generated(client: TestClient) -> None:
+    assert client.get("/healthz", headers={"X-Request-ID": "abc-1"}).headers["x-request-id"] == "abc-1"
+    generated = client.get("/healthz").headers["x-request-id"]
+    assert len(generated) == 32
+    # A header that could inject into logs is replaced, not echoed.
+    hostile = client.get("/healthz", headers={"X-Request-ID": 'x" injected'}).headers["x-request-id"]
+    assert hostile != 'x" injected' and len(hostile) == 32
+
+
+def test_metrics_exposition(client: TestClient) -> None:
+    predict(client, [IRIS_INPUT])
+    text = client.get("/metrics").text
+    assert 'plinth_http_requests_total{method="POST",route="/v1/models/iris/predict",status="200"}' in text
+    assert 'plinth_prediction_duration_seconds_count{model="iris"}' in text
+    assert "plinth_db_pool_connections_in_use" in text
+
+
+def test_database_unreachable_gives_503_with_retry_after(
+    settings: Settings, test_artifacts: Path
+) -> None:
+    # A port nobody listens on: connection refused, like a stopped server.
+    from throwaway_pg import free_port
+
+    down = settings.model_copy(
+        update={"database_url": SecretStr(f"postgresql+psycopg://u:p@127.0.0.1:{free_port()}/x")}
+    )
+    with TestClient(create_app(down), raise_server_exceptions=False) as c:
+        for response in (
+            predict(c, [IRIS_INPUT]),
+            c.get(f"/v1/predictions/{uuid.uuid4()}"),
+            c.get("/readyz"),
+        ):
+            body = assert_problem(response, 503)
+            assert response.headers["retry-after"].isdigit()
+        assert body["checks"]["database"].startswith("failed")
+        assert c.get("/healthz").status_code == 200
+
+
+EXPECTED_STATUSES = {
+    ("/healthz", "get"): {"200", "500"},
+    ("/readyz", "get"): {"200", "500", "503"},
+    ("/version", "get"): {"200", "500"},
+    ("/metrics", "get"): {"200", "500"},
+    ("/v1/models", "get"): {"200", "500"},
+    ("/v1/models/{name}", "get"): {"200", "404", "422", "500"},
+    ("/v1/models/iris/predict", "post"): {"200", "413", "422", "500", "503", "504"},
+    ("/v1/models/{name}/predict", "post"): {"200", "404", "422", "500"},
+    ("/v1/predictions/{prediction_id}", "get"): {"200", "404", "422", "500", "503"},
+}
+
+
+def test_openapi_lists_every_status_with_the_problem_schema(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    for (path, method), statuses in EXPECTED_STATUSES.items():
+        responses = document["paths"][path][method]["responses"]
+        assert set(responses) == statuses, (path, method)
+        for status in statuses - {"200"}:
+            assert PROBLEM in responses[status]["content"], (path, status)
+    assert "Retry-After" in document["paths"]["/readyz"]["get"]["responses"]["503"]["headers"]
+    assert {"Problem", "ValidationProblem", "ReadinessProblem"} <= set(
+        document["components"]["schemas"]
+    )
