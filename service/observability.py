@@ -20,6 +20,16 @@ _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _UNMATCHED_ROUTE = "<unmatched>"  # one label for all unknown paths keeps cardinality bounded
 
 
+def _route_template(scope: Scope) -> str:
+    route = scope.get("route")  # set by FastAPI's API routes
+    if route is not None:
+        return route.path
+    if "endpoint" in scope:
+        # A plain Starlette route (/openapi.json, /docs): matched, so its path is static.
+        return scope["path"]
+    return _UNMATCHED_ROUTE
+
+
 def _client_address(scope: Scope, headers: dict[bytes, bytes]) -> str | None:
     client = scope.get("client")
     if client:
@@ -70,7 +80,7 @@ class RequestContextMiddleware:
                 )
         finally:
             elapsed = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", None) or _UNMATCHED_ROUTE
+            route = _route_template(scope)
             HTTP_REQUESTS.labels(scope["method"], route, str(status)).inc()
             HTTP_LATENCY.labels(scope["method"], route, str(status)).observe(elapsed)
             access_logger.info(

@@ -143,7 +143,9 @@ def tls_settings(data) -> dict:
     if mode not in TLS_MODES:
         _fail(f"tls_mode {mode!r} is not one of {', '.join(TLS_MODES)}")
     domain = data.get("domain")
-    domains = list(data.get("tls_domains") or ([domain] if domain else []))
+    domains = data.get("tls_domains") or ([domain] if domain else [])
+    if isinstance(domains, str):  # from the command line: --data tls_domains=a.example,b.example
+        domains = domains.replace(",", " ").split()
     settings = {"mode": mode, "domains": [str(d).lower().rstrip(".") for d in domains]}
     if mode == "off":
         return settings
@@ -294,7 +296,10 @@ def tls() -> None:
     changed = [headers]
 
     if mode == "off":
-        for path in (TLS_SITE_ENABLED, TLS_SITE, HTTPS_REDIRECT_SNIPPET):
+        changed.append(
+            files.link(name="Disable HTTPS server", path=TLS_SITE_ENABLED, present=False)
+        )
+        for path in (TLS_SITE, HTTPS_REDIRECT_SNIPPET):
             changed.append(files.file(name=f"Remove {path}", path=path, present=False))
         _validate_and_reload_nginx(changed)
         return

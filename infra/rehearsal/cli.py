@@ -159,7 +159,7 @@ def _print_info(state_dir: Path, state: dict[str, Any]) -> None:
     print(f"  data:  {_shown(state_dir / 'host.json')}")
     timings = state.get("timings")
     if timings:
-        print("  took:  " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
+        print("  boot:  " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
 
 
 COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "info": cmd_info}

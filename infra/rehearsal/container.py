@@ -8,8 +8,10 @@ the PID of nspawn and of the container's init, and talk to it over SSH.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -82,10 +84,10 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def host_veth(nspawn_pid: int, log: Path, timeout: float = 15.0) -> str:
-    """The real name of the host side of the veth. nspawn shortens `ve-NAME` to the 15
-    characters an interface name may have (with a hash), so ask the container's host0 which
-    interface is its peer instead of guessing."""
+def wait_for_network(nspawn_pid: int, log: Path, timeout: float = 15.0) -> tuple[int, str]:
+    """The container's init PID and the real name of the host side of its veth. nspawn
+    shortens `ve-NAME` to the 15 characters an interface name may have (with a hash), so ask
+    the container's host0 which interface is its peer instead of guessing."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not is_running(nspawn_pid):
@@ -101,9 +103,22 @@ def host_veth(nspawn_pid: int, log: Path, timeout: float = 15.0) -> str:
                 if links and links[0].get("link_index"):
                     name = link_by_index(links[0]["link_index"])
                     if name:
-                        return name
+                        return pid, name
         time.sleep(0.1)
     raise RehearsalError(f"the container's network did not appear within {timeout:g}s")
+
+
+def kill_orphan(init_pid: int | None, started: int | None) -> None:
+    """If nspawn died without taking its container along, kill the container's init (SIGKILL
+    to a PID namespace's init ends the whole namespace). Identified by PID and start time, so
+    a reused PID is never hit."""
+    if not init_pid or not started or proc.start_time(init_pid) != started:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(init_pid, signal.SIGKILL)  # systemd as PID 1 would take TERM as "re-exec"
+    deadline = time.monotonic() + 5
+    while proc.start_time(init_pid) == started and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def last_log_line(log: Path) -> str:

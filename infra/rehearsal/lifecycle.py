@@ -63,9 +63,13 @@ def up(settings: Settings) -> dict[str, Any]:
     tarball, build_seconds = rootfs.ensure_tarball(settings.rootfs_cache, release)
     try:
         return _create(sd, settings, release, tarball, build_seconds)
-    except BaseException:
+    except BaseException as failure:
         say("up failed: removing what it made")
-        teardown(sd, settings)
+        try:
+            teardown(sd, settings)
+        except RehearsalError as cleanup:
+            # Report the cause first; the cleanup problem is secondary but must be visible.
+            raise RehearsalError(f"{failure}; and cleaning up failed: {cleanup}") from None
         raise
 
 
@@ -95,7 +99,7 @@ def _create(
     started = time.monotonic()
     public_key = ssh.generate_key(sd / SSH_KEY, settings.name)
     root = sd / ROOTFS_DIR
-    rootfs.unpack(tarball, root, settings.tmpfs_size)
+    rootfs.unpack(tarball, root, settings.tmpfs_size, settings.name)
     rootfs.personalize(
         root,
         name=settings.name,
@@ -112,8 +116,8 @@ def _create(
     pid = container.start(root, settings.name, log)
     sd.write_pid(NSPAWN_PID, pid)
     sd.update(nspawn_pid=pid)
-    iface = container.host_veth(pid, log)
-    sd.update(iface=iface)
+    init_pid, iface = container.wait_for_network(pid, log)
+    sd.update(init_pid=init_pid, init_started=proc.start_time(init_pid), iface=iface)
     network.configure_gateway(iface, gateway, prefixlen)
     # Record the old value before changing it, so a crash in between still restores it.
     sd.update(ip_forward_old=network.read_ip_forward())
@@ -239,6 +243,7 @@ def teardown(sd: StateDir, settings: Settings) -> None:
     )
     nspawn_pid = sd.read_pid(NSPAWN_PID) or state.get("nspawn_pid")
     step(container.stop, nspawn_pid)
+    step(container.kill_orphan, state.get("init_pid"), state.get("init_started"))
     if container.is_running(nspawn_pid):
         # Never delete a rootfs a container still runs from.
         raise RehearsalError(f"systemd-nspawn (pid {nspawn_pid}) did not stop; not removing it")

@@ -93,7 +93,9 @@ def cmdline(pid: int) -> list[str]:
 
 
 def is_running(pid: int | None, marker: str) -> bool:
-    """True when `pid` is alive, not a zombie, and its command line contains `marker`."""
+    """True when `pid` is alive, not a zombie, and is the process we mean: its command line
+    contains `marker`, or, while it is exiting (the kernel has already dropped its command
+    line), its name is the marker's first 15 characters."""
     if not pid:
         return False
     child = _children.get(pid)
@@ -103,9 +105,23 @@ def is_running(pid: int | None, marker: str) -> bool:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    if stat.rsplit(")", 1)[-1].split()[0] == "Z":
+    name, _, rest = stat.partition(" (")[2].rpartition(")")
+    if rest.split()[0] == "Z":
         return False
-    return any(marker in part for part in cmdline(pid))
+    parts = cmdline(pid)
+    if parts:
+        return any(marker in part for part in parts)
+    return bool(marker) and name == marker[:15]
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot: with the PID, its identity.
+    None when it is gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else int(fields[19])
 
 
 def stop(pid: int | None, marker: str, timeout: float = 20.0) -> None:

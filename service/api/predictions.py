@@ -24,7 +24,8 @@ from service.errors import ProblemError, problem_responses
 from service.metrics import PREDICTION_LATENCY
 from service.predictors import LoadedModel, ModelRegistry
 
-_PREDICT_RESPONSES = problem_responses(413, 422, 500, 503, 504)
+# 400: a body that is not even decodable (FastAPI's own parse error), 422: invalid content.
+_PREDICT_RESPONSES = problem_responses(400, 413, 422, 500, 503, 504)
 
 
 class PredictionRecord(BaseModel):

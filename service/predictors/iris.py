@@ -17,7 +17,8 @@ _MEASUREMENT = {"ge": 0, "le": 100, "allow_inf_nan": False}
 
 
 class IrisMeasurements(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON true or "5.1" is a client bug to report, not a number to guess.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     sepal_length_cm: float = Field(**_MEASUREMENT)
     sepal_width_cm: float = Field(**_MEASUREMENT)

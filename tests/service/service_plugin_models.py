@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Echo(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     value: int
 
 

@@ -45,7 +45,10 @@ def artifacts_with_test_models(root: Path, *, sleepy_delay: float = 1.0) -> Path
     artifacts = root / "artifacts"
     shutil.copytree(PACKAGED_ARTIFACTS_DIR, artifacts)
     write_model(
-        artifacts, "sleepy", "service_plugin_models:SleepyPredictor", {"delay_seconds": sleepy_delay}
+        artifacts,
+        "sleepy",
+        "service_plugin_models:SleepyPredictor",
+        {"delay_seconds": sleepy_delay},
     )
     write_model(artifacts, "broken", "service_plugin_models:BrokenPredictor", {"delay_seconds": 0})
     return artifacts

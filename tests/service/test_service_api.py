@@ -79,14 +79,21 @@ def test_unknown_model_is_404(client: TestClient) -> None:
 def test_models_loaded_are_recorded_in_registry_table(
     client: TestClient, db: psycopg.Connection
 ) -> None:
-    rows = db.execute("SELECT name, version, framework FROM model_registry ORDER BY name").fetchall()
+    rows = db.execute(
+        "SELECT name, version, framework FROM model_registry ORDER BY name"
+    ).fetchall()
     assert ("iris", "1.0.0", "pure-python") in rows
 
 
 def test_predict_persists_every_item_before_answering(
     client: TestClient, db: psycopg.Connection
 ) -> None:
-    virginica = {**IRIS_INPUT, "petal_length_cm": 5.8, "petal_width_cm": 2.2, "sepal_length_cm": 6.9}
+    virginica = {
+        **IRIS_INPUT,
+        "petal_length_cm": 5.8,
+        "petal_width_cm": 2.2,
+        "sepal_length_cm": 6.9,
+    }
     response = predict(client, [IRIS_INPUT, virginica], headers={"X-Request-ID": "req-42"})
     assert response.status_code == 200
     body = response.json()
@@ -123,7 +130,10 @@ def test_unknown_prediction_is_404_and_invalid_id_is_422(client: TestClient) -> 
     ("inputs", "field"),
     [
         ([{**IRIS_INPUT, "sepal_length_cm": "wide"}], "body.inputs.0.sepal_length_cm"),
-        ([{k: v for k, v in IRIS_INPUT.items() if k != "petal_width_cm"}], "body.inputs.0.petal_width_cm"),
+        (
+            [{k: v for k, v in IRIS_INPUT.items() if k != "petal_width_cm"}],
+            "body.inputs.0.petal_width_cm",
+        ),
         ([IRIS_INPUT, {**IRIS_INPUT, "colour": "blue"}], "body.inputs.1.colour"),
         ([{**IRIS_INPUT, "petal_length_cm": -1}], "body.inputs.0.petal_length_cm"),
         ([], "body.inputs"),
@@ -179,18 +189,25 @@ def test_unknown_route_and_wrong_method(client: TestClient) -> None:
 
 
 def test_request_id_is_taken_from_header_or_generated(client: TestClient) -> None:
-    assert client.get("/healthz", headers={"X-Request-ID": "abc-1"}).headers["x-request-id"] == "abc-1"
+    assert (
+        client.get("/healthz", headers={"X-Request-ID": "abc-1"}).headers["x-request-id"] == "abc-1"
+    )
     generated = client.get("/healthz").headers["x-request-id"]
     assert len(generated) == 32
     # A header that could inject into logs is replaced, not echoed.
-    hostile = client.get("/healthz", headers={"X-Request-ID": 'x" injected'}).headers["x-request-id"]
+    hostile = client.get("/healthz", headers={"X-Request-ID": 'x" injected'}).headers[
+        "x-request-id"
+    ]
     assert hostile != 'x" injected' and len(hostile) == 32
 
 
 def test_metrics_exposition(client: TestClient) -> None:
     predict(client, [IRIS_INPUT])
     text = client.get("/metrics").text
-    assert 'plinth_http_requests_total{method="POST",route="/v1/models/iris/predict",status="200"}' in text
+    assert (
+        'plinth_http_requests_total{method="POST",route="/v1/models/iris/predict",status="200"}'
+        in text
+    )
     assert 'plinth_prediction_duration_seconds_count{model="iris"}' in text
     assert "plinth_db_pool_connections_in_use" in text
 
@@ -223,7 +240,7 @@ EXPECTED_STATUSES = {
     ("/metrics", "get"): {"200", "500"},
     ("/v1/models", "get"): {"200", "500"},
     ("/v1/models/{name}", "get"): {"200", "404", "422", "500"},
-    ("/v1/models/iris/predict", "post"): {"200", "413", "422", "500", "503", "504"},
+    ("/v1/models/iris/predict", "post"): {"200", "400", "413", "422", "500", "503", "504"},
     ("/v1/models/{name}/predict", "post"): {"200", "404", "422", "500"},
     ("/v1/predictions/{prediction_id}", "get"): {"200", "404", "422", "500", "503"},
 }

@@ -63,9 +63,11 @@ class ThrowawayPostgres:
         self._initdb()
 
     def _run_kwargs(self) -> dict[str, object]:
-        return {"user": "postgres", "group": "postgres", "extra_groups": []} if (
-            self._as_postgres_user
-        ) else {}
+        return (
+            {"user": "postgres", "group": "postgres", "extra_groups": []}
+            if (self._as_postgres_user)
+            else {}
+        )
 
     def _initdb(self) -> None:
         password_file = self.base_dir / "password"
@@ -90,9 +92,7 @@ class ThrowawayPostgres:
         password_file.unlink()
 
     def url(self, database: str = DEFAULT_DATABASE) -> str:
-        return (
-            f"postgresql+psycopg://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}/{database}"
-        )
+        return f"postgresql+psycopg://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}/{database}"
 
     def libpq_dsn(self, database: str = "postgres") -> str:
         return (

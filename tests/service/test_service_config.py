@@ -1,0 +1,170 @@
+"""Bad configuration is refused at startup with one line naming the variable, exit 78."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from service_support import subprocess_env
+
+from service.cli import main
+
+GOOD_URL = "postgresql+psycopg://plinth:s3cr3t-value@db.internal:5432/plinth"
+PREFIX = "plinth: configuration error: "
+
+
+def run(command: list[str], **environment: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command, env=subprocess_env(**environment), capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.fixture
+def check_config(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]):
+    """``plinth check-config`` in process (same code path as the console script, minus
+    two seconds of interpreter start per case); a few cases below also run it for real."""
+
+    def invoke(**environment: str) -> subprocess.CompletedProcess[str]:
+        with monkeypatch.context() as patch:
+            for name in [n for n in os.environ if n.startswith("PLINTH_")]:
+                patch.delenv(name)
+            for name, value in environment.items():
+                patch.setenv(name, value)
+            code = main(["check-config"])
+        captured = capfd.readouterr()
+        return subprocess.CompletedProcess(
+            ["plinth", "check-config"], code, captured.out, captured.err
+        )
+
+    return invoke
+
+
+PRODUCTION_CASES = [
+    ({}, "PLINTH_DATABASE_URL is not set"),
+    ({"PLINTH_DATABASE_URL": ""}, "PLINTH_DATABASE_URL is not set"),
+    (
+        {"PLINTH_DATABASE_URL": "postgresql+psycopg://plinth:CHANGE_ME@db/plinth"},
+        "PLINTH_DATABASE_URL contains a placeholder; set the real secret",
+    ),
+    (
+        {"PLINTH_DATABASE_URL": "postgresql+psycopg://plinth:changeme@db/plinth"},
+        "PLINTH_DATABASE_URL contains a placeholder; set the real secret",
+    ),
+    (
+        {"PLINTH_DATABASE_URL": "sqlite:///plinth.db"},
+        "PLINTH_DATABASE_URL must be a PostgreSQL URL (postgresql+psycopg://...)",
+    ),
+    (
+        {"PLINTH_DATABASE_URL": "mysql://plinth:s3cr3t@db/plinth"},
+        "PLINTH_DATABASE_URL must be a PostgreSQL URL (postgresql+psycopg://...)",
+    ),
+    (
+        {"PLINTH_DATABASE_URL": "not a url"},
+        "PLINTH_DATABASE_URL is not a valid database URL",
+    ),
+    (
+        {
+            "PLINTH_DATABASE_URL": GOOD_URL,
+            "PLINTH_MIGRATION_DATABASE_URL": "postgresql+psycopg://owner:<password>@db/plinth",
+        },
+        "PLINTH_MIGRATION_DATABASE_URL contains a placeholder; set the real secret",
+    ),
+    (
+        {"PLINTH_DATABASE_URL": GOOD_URL, "PLINTH_MAX_BATCH_SIZE": "0"},
+        "PLINTH_MAX_BATCH_SIZE input should be greater than or equal to 1",
+    ),
+    (
+        {"PLINTH_DATABASE_URL": GOOD_URL, "PLINTH_WORKERS": "many"},
+        "PLINTH_WORKERS input should be a valid integer, unable to parse string as an integer",
+    ),
+    (
+        {"PLINTH_DATABASE_URL": GOOD_URL, "PLINTH_MODELS": "iris,missing"},
+        "PLINTH_MODELS cannot be served: model 'missing': manifest not found at ",
+    ),
+]
+
+
+@pytest.mark.parametrize(("environment", "line"), PRODUCTION_CASES)
+def test_check_config_refuses_bad_production_settings(
+    check_config, environment: dict, line: str
+) -> None:
+    result = check_config(PLINTH_ENVIRONMENT="production", **environment)
+    assert result.returncode == 78
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(PREFIX + line)
+    assert "s3cr3t" not in result.stderr
+
+
+def test_environment_must_be_known(check_config) -> None:
+    result = check_config(PLINTH_ENVIRONMENT="prod", PLINTH_DATABASE_URL=GOOD_URL)
+    assert result.returncode == 78
+    assert result.stderr.startswith(PREFIX + "PLINTH_ENVIRONMENT input should be ")
+
+
+def test_placeholders_are_tolerated_outside_production(check_config) -> None:
+    result = check_config(
+        PLINTH_ENVIRONMENT="development",
+        PLINTH_DATABASE_URL="postgresql+psycopg://plinth:changeme@localhost/plinth",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "plinth: configuration ok (environment=development)"
+
+
+def test_env_file_is_read_and_must_exist(check_config, tmp_path: Path) -> None:
+    env_file = tmp_path / "plinth.env"
+    env_file.write_text(f"PLINTH_ENVIRONMENT=production\nPLINTH_DATABASE_URL={GOOD_URL}\n")
+    assert check_config(PLINTH_ENV_FILE=str(env_file)).returncode == 0
+    env_file.write_text("PLINTH_ENVIRONMENT=production\nPLINTH_DATABASE_URL=sqlite://\n")
+    result = check_config(PLINTH_ENV_FILE=str(env_file))
+    assert result.stderr.startswith(PREFIX + "PLINTH_DATABASE_URL must be a PostgreSQL URL")
+    missing = check_config(PLINTH_ENV_FILE=str(tmp_path / "nope.env"))
+    assert missing.returncode == 78
+    assert missing.stderr.startswith(PREFIX + "PLINTH_ENV_FILE names a file that does not exist")
+
+
+def test_tampered_artifact_is_refused(check_config, tmp_path: Path) -> None:
+    from service_support import artifacts_with_test_models
+
+    artifacts = artifacts_with_test_models(tmp_path)
+    weights = artifacts / "iris" / "weights.json"
+    tampered = json.loads(weights.read_text())
+    tampered["intercepts"][0] += 1
+    weights.write_text(json.dumps(tampered))
+    result = check_config(PLINTH_DATABASE_URL=GOOD_URL, PLINTH_ARTIFACTS_DIR=str(artifacts))
+    assert result.returncode == 78
+    assert result.stderr.startswith(
+        PREFIX + "PLINTH_MODELS cannot be served: model 'iris': artifact weights.json sha256 "
+        "mismatch (manifest "
+    )
+    weights.unlink()
+    result = check_config(PLINTH_DATABASE_URL=GOOD_URL, PLINTH_ARTIFACTS_DIR=str(artifacts))
+    assert result.stderr.startswith(
+        PREFIX + "PLINTH_MODELS cannot be served: model 'iris': artifact not found at "
+    )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["plinth", "check-config"],
+        ["plinth", "serve"],
+        [sys.executable, "-c", "import service.asgi"],
+    ],
+    ids=["check-config", "plinth-serve", "asgi-import"],
+)
+def test_startup_paths_refuse_the_same_way(command: list[str]) -> None:
+    result = run(
+        command,
+        PLINTH_ENVIRONMENT="production",
+        PLINTH_DATABASE_URL="postgresql+psycopg://plinth:placeholder@db/plinth",
+        PLINTH_BIND="127.0.0.1:1",
+    )
+    assert result.returncode == 78
+    assert result.stderr.splitlines() == [
+        PREFIX + "PLINTH_DATABASE_URL contains a placeholder; set the real secret"
+    ]

@@ -1,0 +1,292 @@
+"""``plinth serve`` for real: Gunicorn with 2 uvicorn workers, on a bind address and on a
+systemd-style inherited socket; HUP reload and SIGTERM finish in-flight requests; metrics are
+summed across workers; logs are JSON without secrets or payloads."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.multiprocess import MultiProcessCollector
+from service_support import IRIS_INPUT, artifacts_with_test_models, subprocess_env, wait_until_ready
+from throwaway_pg import free_port
+
+SLOW_SECONDS = 2.0
+PAYLOAD_MARKER = 7.654321  # an input value that must never show up in a log line
+
+
+@dataclass
+class Served:
+    process: subprocess.Popen[bytes]
+    client: httpx.Client
+    log_path: Path
+    runtime_dir: Path
+    release_file: Path
+    home: Path
+
+    def log_lines(self) -> list[dict]:
+        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line]
+
+
+def make_serve_environment(tmp_path: Path, migrated_database: str) -> dict[str, str]:
+    artifacts = artifacts_with_test_models(tmp_path, sleepy_delay=SLOW_SECONDS)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "home").mkdir()
+    release = tmp_path / "release.json"
+    release.write_text(json.dumps({"version": "r1", "git_revision": "aaa", "build_time": "t1"}))
+    return subprocess_env(
+        PLINTH_ENVIRONMENT="testing",
+        PLINTH_DATABASE_URL=migrated_database,
+        PLINTH_ARTIFACTS_DIR=str(artifacts),
+        PLINTH_MODELS="iris,sleepy",
+        PLINTH_PREDICT_TIMEOUT_SECONDS="30",
+        PLINTH_WORKERS="2",
+        PLINTH_GRACEFUL_TIMEOUT_SECONDS="20",
+        PLINTH_RELEASE_INFO_FILE=str(release),
+        RUNTIME_DIRECTORY=str(tmp_path / "run"),
+        HOME=str(tmp_path / "home"),
+    )
+
+
+def _start(command: list[str], environment: dict[str, str], tmp_path: Path, client, **popen):
+    log_path = tmp_path / "serve.log"
+    process = subprocess.Popen(
+        command,
+        env=environment,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        **popen,
+    )
+    served = Served(
+        process=process,
+        client=client,
+        log_path=log_path,
+        runtime_dir=Path(environment["RUNTIME_DIRECTORY"]),
+        release_file=Path(environment["PLINTH_RELEASE_INFO_FILE"]),
+        home=Path(environment["HOME"]),
+    )
+    try:
+        wait_until_ready(client)
+    except AssertionError:
+        process.kill()
+        raise AssertionError(log_path.read_text()[-3000:]) from None
+    return served
+
+
+def _stop(served: Served) -> None:
+    if served.process.poll() is None:
+        served.process.send_signal(signal.SIGTERM)
+        try:
+            served.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            served.process.kill()
+    served.client.close()
+
+
+@pytest.fixture
+def serve_environment(tmp_path: Path, migrated_database: str) -> dict[str, str]:
+    return make_serve_environment(tmp_path, migrated_database)
+
+
+@pytest.fixture(scope="module")
+def served_on_port(
+    tmp_path_factory: pytest.TempPathFactory, migrated_database: str
+) -> Iterator[Served]:
+    """One server for the tests below (each Gunicorn start costs seconds of worker boot).
+    They run in file order and the last one stops it with SIGTERM."""
+    tmp_path = tmp_path_factory.mktemp("served")
+    serve_environment = make_serve_environment(tmp_path, migrated_database)
+    port = free_port()
+    serve_environment["PLINTH_BIND"] = f"127.0.0.1:{port}"
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    served = _start(["plinth", "serve"], serve_environment, tmp_path, client)
+    yield served
+    _stop(served)
+
+
+def slow_request_in_background(client: httpx.Client) -> tuple[threading.Thread, list]:
+    """Start a prediction that takes SLOW_SECONDS; the result lands in the returned list."""
+    results: list = []
+
+    def call() -> None:
+        try:
+            results.append(
+                client.post("/v1/models/sleepy/predict", json={"inputs": [{"value": 7}]})
+            )
+        except httpx.HTTPError as error:  # recorded, so the assertion shows it
+            results.append(error)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    time.sleep(SLOW_SECONDS / 3)  # it is now sleeping inside a worker
+    return thread, results
+
+
+def healthz_count_per_worker(metrics_dir: Path) -> dict[str, float]:
+    counts = {}
+    for path in metrics_dir.glob("counter_*.db"):
+        total = 0.0
+        for metric in MultiProcessCollector.merge([str(path)], accumulate=False):
+            for sample in metric.samples:
+                if sample.name == "plinth_http_requests_total" and sample.labels == {
+                    "method": "GET", "route": "/healthz", "status": "200"
+                }:  # fmt: skip
+                    total += sample.value
+        counts[path.stem.split("_", 1)[1]] = total
+    return counts
+
+
+def scraped_healthz_count(client: httpx.Client) -> float:
+    wanted = 'plinth_http_requests_total{method="GET",route="/healthz",status="200"} '
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(wanted):
+            return float(line.removeprefix(wanted))
+    return 0.0
+
+
+def test_serves_on_bind_address_with_metrics_summed_across_workers(served_on_port: Served) -> None:
+    served = served_on_port
+    assert any(
+        f"Listening at: http://127.0.0.1:" in line["message"]
+        and f"({served.process.pid})" in line["message"]
+        for line in served.log_lines()
+    ), "the Gunicorn master must be the `plinth serve` process itself"
+
+    metrics_dir = served.runtime_dir / "metrics"
+    url = str(served.client.base_url) + "/healthz"
+
+    def fresh_connection_request(_: int) -> int:
+        return httpx.get(url, headers={"Connection": "close"}, timeout=10).status_code
+
+    sent = 0
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        while sent < 400:
+            assert set(pool.map(fresh_connection_request, range(40))) == {200}
+            sent += 40
+            per_worker = healthz_count_per_worker(metrics_dir)
+            if len([count for count in per_worker.values() if count > 0]) >= 2:
+                break
+    per_worker = healthz_count_per_worker(metrics_dir)
+    assert len([count for count in per_worker.values() if count > 0]) >= 2, per_worker
+    # Whichever worker answers the scrape, it reports the sum over all workers.
+    readiness_probes = sum(per_worker.values()) - sent  # wait_until_ready used /readyz only
+    assert readiness_probes == 0
+    for _ in range(6):
+        assert scraped_healthz_count(served.client) == sent
+
+    # Gunicorn's control socket stays off ($HOME/.gunicorn/gunicorn.ctl would be the default).
+    assert not (served.home / ".gunicorn").exists()
+
+
+def test_logs_are_json_with_request_ids_and_no_secrets(
+    served_on_port: Served, migrated_database: str
+) -> None:
+    served = served_on_port
+    response = served.client.post(
+        "/v1/models/iris/predict",
+        json={"inputs": [{**IRIS_INPUT, "sepal_length_cm": PAYLOAD_MARKER}]},
+        headers={"X-Request-ID": "trace-me-1", "X-Forwarded-For": "203.0.113.9"},
+    )
+    assert response.status_code == 200
+    served.client.post("/v1/models/iris/predict", json={"inputs": [{"bad": PAYLOAD_MARKER}]})
+    time.sleep(0.5)
+    lines = served.log_lines()  # every line parses as JSON
+    access = [line for line in lines if line.get("request_id") == "trace-me-1"]
+    assert len(access) == 1
+    assert access[0]["method"] == "POST"
+    assert access[0]["route"] == "/v1/models/iris/predict"
+    assert access[0]["status"] == 200
+    assert access[0]["latency_ms"] > 0
+    # Loopback is a trusted proxy (Gunicorn's forwarded_allow_ips default).
+    assert access[0]["client"] == "203.0.113.9"
+    text = served.log_path.read_text()
+    password = migrated_database.split(":")[2].split("@")[0]
+    assert password not in text
+    assert str(PAYLOAD_MARKER) not in text
+
+
+def test_hup_reload_finishes_in_flight_request_and_shows_new_release(
+    served_on_port: Served,
+) -> None:
+    served = served_on_port
+    assert served.client.get("/version").json()["version"] == "r1"
+    thread, results = slow_request_in_background(served.client)
+    served.release_file.write_text(
+        json.dumps({"version": "r2", "git_revision": "bbb", "build_time": "t2"})
+    )
+    served.process.send_signal(signal.SIGHUP)
+    thread.join(timeout=30)
+    assert results and isinstance(results[0], httpx.Response), results
+    assert results[0].status_code == 200
+    assert results[0].json()["predictions"][0]["output"] == {"value": 7}
+    deadline = time.monotonic() + 60
+    while served.client.get("/version").json()["version"] != "r2":
+        assert time.monotonic() < deadline, "new workers never served the new release"
+        time.sleep(0.2)
+    assert served.process.poll() is None
+    assert served.client.get("/version").json()["git_revision"] == "bbb"
+
+
+def test_sigterm_finishes_in_flight_request_then_exits(served_on_port: Served) -> None:
+    served = served_on_port
+    thread, results = slow_request_in_background(served.client)
+    served.process.send_signal(signal.SIGTERM)
+    thread.join(timeout=30)
+    assert results and isinstance(results[0], httpx.Response), results
+    assert results[0].status_code == 200
+    assert served.process.wait(timeout=30) == 0
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(str(served.client.base_url) + "/healthz", timeout=2)
+
+
+def test_serves_from_systemd_socket_passed_as_fd_3(
+    serve_environment: dict[str, str], tmp_path: Path
+) -> None:
+    socket_path = tmp_path / "plinth.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(socket_path))
+    listener.listen(64)
+    unused_port = free_port()
+    serve_environment["PLINTH_BIND"] = f"127.0.0.1:{unused_port}"
+    serve_environment["LISTEN_FDS"] = "1"
+    # What systemd does: the socket is fd 3 and LISTEN_PID is the service's own PID.
+    # `exec` keeps the shell's PID ($$) for plinth, so LISTEN_PID matches it.
+    fd = listener.fileno()
+    wrapper = f"LISTEN_PID=$$ exec plinth serve 3<&{fd} {fd}<&-"
+    client = httpx.Client(
+        transport=httpx.HTTPTransport(uds=str(socket_path)), base_url="http://plinth", timeout=30
+    )
+    served = _start(["bash", "-c", wrapper], serve_environment, tmp_path, client, pass_fds=(fd,))
+    listener.close()  # the service holds its own copy now
+    try:
+        response = client.post(
+            "/v1/models/iris/predict",
+            json={"inputs": [IRIS_INPUT]},
+            headers={"X-Forwarded-For": "198.51.100.7", "X-Request-ID": "via-unix-socket"},
+        )
+        assert response.status_code == 200
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{unused_port}/healthz", timeout=2)
+        # Graceful stop still finishes a request in flight on the inherited socket.
+        thread, results = slow_request_in_background(client)
+        served.process.send_signal(signal.SIGTERM)
+        thread.join(timeout=30)
+        assert results and isinstance(results[0], httpx.Response), results
+        assert results[0].status_code == 200
+        assert served.process.wait(timeout=30) == 0
+        access = [
+            line for line in served.log_lines() if line.get("request_id") == "via-unix-socket"
+        ]
+        assert access[0]["client"] == "198.51.100.7"
+    finally:
+        _stop(served)
