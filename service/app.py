@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -47,6 +48,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     await run_in_threadpool(_record_models, app)
     logger.info("serving models: %s", ", ".join(app.state.registry.names()))
     yield
+    app.state.executor.shutdown(wait=False, cancel_futures=True)
     app.state.engine.dispose()
 
 
@@ -64,6 +66,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.registry = registry
     app.state.engine = build_engine(settings, on_pool_change=change_pool_in_use)
+    # Inference and prediction writes run here rather than in anyio's shared thread pool:
+    # a plain executor hop is markedly cheaper, and sizing it to the connection pool
+    # means a burst queues here instead of timing out waiting for a connection.
+    app.state.executor = ThreadPoolExecutor(
+        max_workers=settings.db_pool_size + settings.db_max_overflow,
+        thread_name_prefix="plinth-predict",
+    )
     app.state.head_revision = head_revision()
     app.state.release = read_release_info(settings.release_info_file)
     install_exception_handlers(app)

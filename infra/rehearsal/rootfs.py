@@ -49,18 +49,23 @@ RECIPE = {
 }
 
 
-def cache_key(release: str) -> str:
-    text = json.dumps({"release": release, **RECIPE}, sort_keys=True)
+def cache_key(release: str, recipe: dict = RECIPE) -> str:
+    text = json.dumps({"release": release, **recipe}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def tarball_path(cache_dir: Path, release: str) -> Path:
-    return cache_dir / f"{release}-{cache_key(release)}.tar.zst"
+def tarball_path(cache_dir: Path, release: str, recipe: dict = RECIPE) -> Path:
+    return cache_dir / f"{release}-{cache_key(release, recipe)}.tar.zst"
 
 
-def ensure_tarball(cache_dir: Path, release: str) -> tuple[Path, float | None]:
-    """Return the cached tarball, building it first if needed (and the build time, if built)."""
-    target = tarball_path(cache_dir, release)
+def ensure_tarball(
+    cache_dir: Path, release: str, recipe: dict = RECIPE
+) -> tuple[Path, float | None]:
+    """Return the cached tarball, building it first if needed (and the build time, if built).
+
+    `recipe`: RECIPE, or one extending it (more packages and hooks, e.g. the Vagrant box's),
+    cached in its own `cache_dir` since older tarballs in the directory are removed."""
+    target = tarball_path(cache_dir, release, recipe)
     if target.exists():
         return target, None
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -74,8 +79,8 @@ def ensure_tarball(cache_dir: Path, release: str) -> tuple[Path, float | None]:
         argv = [
             "mmdebstrap",
             "--variant=minbase",
-            f"--include={','.join(PACKAGES)}",
-            *(f"--customize-hook={hook}" for hook in CUSTOMIZE_HOOKS),
+            f"--include={','.join(recipe['include'])}",
+            *(f"--customize-hook={hook}" for hook in recipe["customize_hooks"]),
             release,  # no mirror: mmdebstrap's default (updates and security added for stable)
             str(partial),
         ]

@@ -13,7 +13,6 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from service.api.models import unknown_model
@@ -79,12 +78,14 @@ def _add_predict_route(router: APIRouter, model: LoadedModel, settings: Settings
                 f"batch of {len(batch)} exceeds the limit of {settings.max_batch_size} inputs",
                 problem_type="urn:plinth:problem:batch-too-large",
             )
+        loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
             # Off the event loop; a thread cannot be killed, so on timeout it finishes in the
             # background while the client gets a 504 and nothing is persisted.
             outputs = await asyncio.wait_for(
-                run_in_threadpool(predictor.predict, batch), settings.predict_timeout_seconds
+                loop.run_in_executor(request.app.state.executor, predictor.predict, batch),
+                settings.predict_timeout_seconds,
             )
         except TimeoutError:
             raise ProblemError(
@@ -110,7 +111,9 @@ def _add_predict_route(router: APIRouter, model: LoadedModel, settings: Settings
             for item, output in zip(batch, outputs, strict=True)
         ]
         # Answer only after COMMIT: an acknowledged prediction is never lost.
-        await run_in_threadpool(insert_predictions, request.app.state.engine, rows)
+        await loop.run_in_executor(
+            request.app.state.executor, insert_predictions, request.app.state.engine, rows
+        )
         return response_model(
             model=name,
             model_version=version,

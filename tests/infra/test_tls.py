@@ -9,7 +9,6 @@ import os
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -128,9 +127,7 @@ def rehearsal_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def tls_host(rehearsal_dir):
-    return testinfra.get_host(
-        "paramiko://rehearsal", ssh_config=str(rehearsal_dir / "ssh_config")
-    )
+    return testinfra.get_host("paramiko://rehearsal", ssh_config=str(rehearsal_dir / "ssh_config"))
 
 
 @pytest.fixture(scope="module")
@@ -251,8 +248,14 @@ def test_mozilla_intermediate_profile_per_sslyze(target):
         pytest.param(
             "/readyz",
             # Announces a body far over client_max_body_size: nginx answers 413 itself.
-            ("-H", f"Content-Length: {1 << 30}", "-H", "Content-Type: application/json",
-             "--data-binary", "{}"),
+            (
+                "-H",
+                f"Content-Length: {1 << 30}",
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                "{}",
+            ),
             413,
             id="413-from-nginx",
         ),
@@ -326,7 +329,7 @@ def test_forced_renewal_new_serial_same_nginx_master_no_failed_request(target, t
         tls_host.run_expect(
             [0],
             f"REQUESTS_CA_BUNDLE={HOST_CA_BUNDLE} certbot renew --force-renewal "
-            "--cert-name plinth --non-interactive --quiet",
+            "--cert-name plinth --no-random-sleep-on-renew --non-interactive --quiet",
         )
         deadline = time.monotonic() + 10
         while _served_certificate(target).serial_number == before:

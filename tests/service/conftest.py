@@ -10,14 +10,13 @@ from pathlib import Path
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from service_support import artifacts_with_test_models
 from sqlalchemy import make_url
+from throwaway_pg import ThrowawayPostgres
 
 from service.app import create_app
 from service.config import Settings
 from service.migrations import upgrade
-from throwaway_pg import ThrowawayPostgres
-
-from service_support import artifacts_with_test_models
 
 
 @pytest.fixture(scope="session")

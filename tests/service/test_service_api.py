@@ -103,7 +103,8 @@ def test_predict_persists_every_item_before_answering(
     assert species == ["setosa", "virginica"]
     ids = [item["id"] for item in body["predictions"]]
     stored = db.execute(
-        "SELECT id::text, request_id, input, output FROM predictions ORDER BY input->>'petal_length_cm'"
+        "SELECT id::text, request_id, input, output FROM predictions"
+        " ORDER BY input->>'petal_length_cm'"
     ).fetchall()
     assert sorted(row[0] for row in stored) == sorted(ids)
     assert {row[1] for row in stored} == {"req-42"}

@@ -157,7 +157,7 @@ def scraped_healthz_count(client: httpx.Client) -> float:
 def test_serves_on_bind_address_with_metrics_summed_across_workers(served_on_port: Served) -> None:
     served = served_on_port
     assert any(
-        f"Listening at: http://127.0.0.1:" in line["message"]
+        "Listening at: http://127.0.0.1:" in line["message"]
         and f"({served.process.pid})" in line["message"]
         for line in served.log_lines()
     ), "the Gunicorn master must be the `plinth serve` process itself"

@@ -107,8 +107,14 @@ class ThrowawayPostgres:
             settings += ["-c", "fsync=off", "-c", "synchronous_commit=off"]
             settings += ["-c", "full_page_writes=off"]
         self.process = subprocess.Popen(
-            [str(self.bin_dir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port)]
-            + settings,
+            [
+                str(self.bin_dir / "postgres"),
+                "-D",
+                str(self.data_dir),
+                "-p",
+                str(self.port),
+                *settings,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=open(self.base_dir / "server.log", "ab"),  # noqa: SIM115 - child owns it
             cwd=self.base_dir,

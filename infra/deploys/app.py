@@ -1,0 +1,181 @@
+"""The service: a release artifact built on the control machine, installed into an immutable
+per-release virtualenv, migrations, then an atomic `current` switch and a graceful reload.
+Gunicorn runs under systemd, socket-activated on a unix socket only nginx can connect to."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from pyinfra import host
+from pyinfra.api import DeployError, deploy
+from pyinfra.facts.files import Link
+from pyinfra.facts.server import LinuxDistribution
+from pyinfra.operations import files, server, systemd
+from pyinfra.operations.util import any_changed
+
+from infra.deploys import layout
+from infra.deploys.hostops import (
+    HostPython,
+    host_roles,
+    PathsFresh,
+    release_installed,
+    render_with_secret,
+    secret_file,
+    symlink_switched,
+)
+from infra.deploys.postgres import DB_CONNECTION_DEFAULTS
+from infra.deploys.templating import template
+from infra.release import Release, Target, build_release
+from infra.release.build import ReleaseBuildError
+
+APP_DEFAULTS = {
+    # PLINTH_ENVIRONMENT: production refuses placeholder secrets.
+    "app_environment": "production",
+    # Gunicorn worker processes (validated: 1..32).
+    "app_workers": 2,
+    # PLINTH_LOG_LEVEL: debug, info, warning or error.
+    "app_log_level": "info",
+    # PLINTH_MODELS: the models served, comma-separated.
+    "app_models": "iris",
+    # PLINTH_MAX_BATCH_SIZE: inputs per prediction request.
+    "app_max_batch_size": 64,
+    # Gunicorn's worker timeout and graceful shutdown window, in seconds.
+    "app_timeout_seconds": 30,
+    "app_graceful_timeout_seconds": 30,
+    # Addresses the service may reach besides localhost (e.g. a database on another host).
+    "app_ip_address_allow": [],
+    # Any further PLINTH_* settings, e.g. {"DB_POOL_SIZE": 10}.
+    "app_extra_env": {},
+}
+
+
+@cache
+def _release_for(target: Target) -> Release:
+    try:
+        return build_release(target)
+    except ReleaseBuildError as error:
+        raise DeployError(f"release build: {error}") from None
+
+
+def host_target() -> Target:
+    """Python and glibc of the host; from the Debian release before python3 is installed."""
+    found = host.get_fact(HostPython)
+    if found:
+        return Target(found["python"], found["glibc"], found["machine"])
+    release = str((host.get_fact(LinuxDistribution) or {}).get("major"))
+    known = layout.SUPPORTED_DEBIAN.get(release) or layout.SUPPORTED_DEBIAN["12"]
+    return Target(known["python"], known["glibc"])
+
+
+def database_url(data) -> str:
+    return (
+        f"postgresql+psycopg://{data.db_user}:{layout.DB_PASSWORD_PLACEHOLDER}"
+        f"@{data.db_host}:{data.db_port}/{data.db_name}"
+    )
+
+
+@deploy("App", data_defaults={**DB_CONNECTION_DEFAULTS, **APP_DEFAULTS})
+def app() -> None:
+    data = host.data
+    release = _release_for(host_target())
+    release_dir = f"{layout.RELEASES_DIR}/{release.release_id}"
+    artifact = f"{layout.ARTIFACTS_DIR}/{release.artifact.name}"
+
+    for path in (layout.APP_ROOT, layout.RELEASES_DIR, layout.ARTIFACTS_DIR):
+        files.directory(name=f"{path}", path=path, mode="755", user="root", group="root")
+    files.put(
+        name=f"Upload release {release.release_id}",
+        src=str(release.artifact),
+        dest=artifact,
+        mode="644",
+    )
+    installed = release_installed(
+        name=f"Install release {release.release_id}",
+        release_dir=release_dir,
+        artifact=artifact,
+        marker=layout.INSTALLED_MARKER,
+    )
+
+    env_changed = _env_file(data)
+    units_changed = _units(data)
+
+    current = host.get_fact(Link, path=layout.CURRENT_LINK)
+    switching = not current or current.get("link_target") != release_dir
+    # Migrate with the new release's code, before it (or a new setting) serves.
+    migrate = {} if switching else {"_if": any_changed(installed, env_changed)}
+    server.shell(
+        name="Migrations (plinth migrate, as the service user)",
+        commands=[
+            f"runuser -u {layout.SERVICE_USER} -- env PLINTH_ENV_FILE={layout.ENV_FILE} "
+            f"{release_dir}/venv/bin/plinth migrate"
+        ],
+        **migrate,
+    )
+    switched = symlink_switched(
+        name=f"current -> {release.release_id}", link=layout.CURRENT_LINK, target=release_dir
+    )
+
+    systemd.daemon_reload(name="systemd reads the changed units", _if=units_changed)
+    systemd.service(name=f"{layout.SOCKET_UNIT} listening", service=layout.SOCKET_UNIT,
+                    running=True, enabled=True)
+    systemd.service(name=f"{layout.SERVICE_UNIT} running", service=layout.SERVICE_UNIT,
+                    running=True, enabled=True)
+    systemd.service(name="Restart the service (its unit changed)", service=layout.SERVICE_UNIT,
+                    restarted=True, _if=units_changed)
+    systemd.service(
+        name="Graceful reload (new release or settings)",
+        service=layout.SERVICE_UNIT,
+        reloaded=True,
+        _if=any_changed(switched, env_changed),
+    )
+
+
+def _env_file(data):
+    """The env file: rendered without the secret, then completed on the host."""
+    env = {
+        "ENVIRONMENT": data.app_environment,
+        "DATABASE_URL": database_url(data),
+        "MODELS": data.app_models,
+        "WORKERS": data.app_workers,
+        "LOG_LEVEL": data.app_log_level,
+        "MAX_BATCH_SIZE": data.app_max_batch_size,
+        "TIMEOUT_SECONDS": data.app_timeout_seconds,
+        "GRACEFUL_TIMEOUT_SECONDS": data.app_graceful_timeout_seconds,
+        **{key.upper(): value for key, value in dict(data.app_extra_env).items()},
+    }
+    files.directory(name="Config directory", path=layout.CONFIG_DIR, mode="750",
+                    user="root", group=layout.SERVICE_GROUP)
+    secret = []
+    if "db" not in host_roles():  # on a db host the postgres deploy made it already
+        secret.append(
+            secret_file(name="Database password generated on the host (copy it to the db host)",
+                        path=layout.DB_PASSWORD_FILE)
+        )
+    source = template("app/plinth.env.j2", layout.ENV_FILE_SOURCE, name="Service settings",
+                      mode="600", env=env)
+    fresh = host.get_fact(
+        PathsFresh,
+        target=layout.ENV_FILE,
+        sources=[layout.ENV_FILE_SOURCE, layout.DB_PASSWORD_FILE],
+    )
+    # Stale (first deploy, a new secret, a failed run): render now; else when its source changes.
+    render = {"_if": any_changed(source, *secret)} if fresh else {}
+    return render_with_secret(
+        name=f"{layout.ENV_FILE} (0640 root:{layout.SERVICE_GROUP}) with the password",
+        source=layout.ENV_FILE_SOURCE,
+        secret_file=layout.DB_PASSWORD_FILE,
+        dest=layout.ENV_FILE,
+        placeholder=layout.DB_PASSWORD_PLACEHOLDER,
+        group=layout.SERVICE_GROUP,
+        **render,
+    )
+
+
+def _units(data):
+    socket = template("systemd/plinth.socket.j2", f"{layout.SYSTEMD_UNIT_DIR}/{layout.SOCKET_UNIT}",
+                      name=layout.SOCKET_UNIT)
+    service = template("systemd/plinth.service.j2",
+                       f"{layout.SYSTEMD_UNIT_DIR}/{layout.SERVICE_UNIT}",
+                       name=layout.SERVICE_UNIT,
+                       ip_address_allow=" ".join(["localhost", *data.app_ip_address_allow]))
+    return any_changed(socket, service)

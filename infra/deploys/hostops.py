@@ -1,0 +1,134 @@
+"""Small facts and operations the stock ones do not cover. None of them ever puts a secret on
+a command line: secrets are read from files on the host by the commands themselves."""
+
+from __future__ import annotations
+
+import shlex
+
+from pyinfra import host
+from pyinfra.api import FactBase, operation
+from pyinfra.facts.files import File, Link
+
+
+class HostPython(FactBase):
+    """The host's python3: {"python": "3.11", "glibc": "2.36", "machine": "x86_64"}."""
+
+    def command(self):
+        return (
+            "command -v python3 >/dev/null && python3 -c 'import platform, sys; "
+            'print("%d.%d" % sys.version_info[:2], platform.libc_ver()[1], platform.machine())'
+            "' || true"
+        )
+
+    def process(self, output):
+        parts = " ".join(output).split()
+        if len(parts) != 3:
+            return None
+        return {"python": parts[0], "glibc": parts[1], "machine": parts[2]}
+
+
+class PathsFresh(FactBase):
+    """True when `target` and every one of `sources` exist and no source is newer."""
+
+    def command(self, target, sources):
+        checks = " && ".join(
+            f"[ -f {shlex.quote(s)} ] && [ ! {shlex.quote(s)} -nt {shlex.quote(target)} ]"
+            for s in sources
+        )
+        return f"if [ -f {shlex.quote(target)} ] && {checks}; then echo yes; else echo no; fi"
+
+    def process(self, output):
+        return output == ["yes"]
+
+
+class PasswordAccepted(FactBase):
+    """True when PostgreSQL accepts `role` with the password stored in `password_file`
+    (PGPASSWORD is in psql's environment, never in its arguments)."""
+
+    def command(self, password_file, role, database, db_host, db_port):
+        f, r, d, h = (shlex.quote(str(v)) for v in (password_file, role, database, db_host))
+        return (
+            f'if [ -r {f} ] && command -v psql >/dev/null && PGPASSWORD="$(cat {f})" '
+            f"PGCONNECT_TIMEOUT=3 psql -w -X -q -h {h} -p {int(db_port)} -U {r} -d {d} "
+            "-tAc 'select 1' >/dev/null 2>&1; then echo yes; else echo no; fi"
+        )
+
+    def process(self, output):
+        return output == ["yes"]
+
+
+@operation()
+def secret_file(path: str, nbytes: int = 32):
+    """A random secret generated on the host (hex from /dev/urandom), written once."""
+    if host.get_fact(File, path=path):
+        host.noop(f"{path} exists")
+        return
+    p = shlex.quote(path)
+    yield (
+        f"umask 077 && head -c {int(nbytes)} /dev/urandom | od -An -v -tx1 | tr -d ' \\n' "
+        f"> {p}.tmp && mv -f {p}.tmp {p}"
+    )
+
+
+@operation(is_idempotent=False)
+def role_password(role: str, password_file: str):
+    """ALTER ROLE ... PASSWORD from `password_file`, piped to psql on stdin (printf is a shell
+    builtin, so no process shows it) with statement logging off for this session."""
+    f = shlex.quote(password_file)
+    sql_role = '"' + role.replace('"', '""') + '"'
+    yield (
+        "{ printf \"SET log_statement = 'none'; SET log_min_error_statement = 'panic'; "
+        "SET log_min_duration_statement = -1;\\n\"; "
+        f"printf \"ALTER ROLE %s PASSWORD '%s';\\n\" {shlex.quote(sql_role)} \"$(cat {f})\"; }} "
+        "| runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d postgres >/dev/null"
+    )
+
+
+@operation(is_idempotent=False)
+def render_with_secret(source: str, secret_file: str, dest: str, placeholder: str, group: str):
+    """`dest` = `source` with `placeholder` replaced by the secret, 0640 root:`group`, written
+    atomically by python3 on the host (the secret never leaves the host)."""
+    script = (
+        "import grp, os, sys\n"
+        "src, secret, dest, mark, group = sys.argv[1:]\n"
+        "text = open(src).read().replace(mark, open(secret).read().strip())\n"
+        "tmp = dest + '.tmp'\n"
+        "fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)\n"
+        "os.write(fd, text.encode()); os.fsync(fd); os.close(fd)\n"
+        "os.chown(tmp, 0, grp.getgrnam(group).gr_gid); os.chmod(tmp, 0o640)\n"
+        "os.replace(tmp, dest)\n"
+    )
+    args = " ".join(shlex.quote(a) for a in (source, secret_file, dest, placeholder, group))
+    yield f"python3 -c {shlex.quote(script)} {args}"
+
+
+@operation()
+def release_installed(release_dir: str, artifact: str, marker: str):
+    """Unpack `artifact` into `release_dir` and build its virtualenv offline; a release with
+    its marker is complete and never touched again (releases are immutable)."""
+    if host.get_fact(File, path=f"{release_dir}/{marker}"):
+        host.noop(f"release {release_dir} is installed")
+        return
+    d, a = shlex.quote(release_dir), shlex.quote(artifact)
+    yield (
+        f"rm -rf {d} && mkdir -p {d} && tar -C {d} -xf {a} && python3 -m venv {d}/venv "
+        f"&& {d}/venv/bin/pip install --quiet --no-index --no-cache-dir --disable-pip-version-check "
+        f"--find-links {d}/wheels -r {d}/requirements.txt {d}/plinth-*.whl "
+        f"&& rm -rf {d}/wheels && chmod -R go-w {d} && touch {d}/{shlex.quote(marker)}"
+    )
+
+
+@operation()
+def symlink_switched(link: str, target: str):
+    """Point `link` at `target` atomically: a new link renamed over the old one."""
+    current = host.get_fact(Link, path=link)
+    if current and current.get("link_target") == target:
+        host.noop(f"{link} -> {target}")
+        return
+    lk, tg = shlex.quote(link), shlex.quote(target)
+    yield f"ln -sfn {tg} {lk}.new && mv -fT {lk}.new {lk}"
+
+
+def host_roles() -> set[str]:
+    """The host's roles (inventory groups `app`, `db`); a host in neither holds both."""
+    return ({"app", "db"} & set(host.groups)) or {"app", "db"}

@@ -1,0 +1,60 @@
+"""Names of things on the host, defined once: the deploys and (through `layout_vars`) every
+template read them from here. Tunables live in each deploy's `data_defaults`, not here."""
+
+from __future__ import annotations
+
+APP_NAME = "plinth"
+# System user and group the service runs as; nginx reaches its socket through `NGINX_GROUP`.
+SERVICE_USER = "plinth"
+SERVICE_GROUP = "plinth"
+NGINX_GROUP = "www-data"
+
+# Releases: immutable per-version directories behind an atomically switched symlink.
+APP_ROOT = f"/srv/{APP_NAME}"
+RELEASES_DIR = f"{APP_ROOT}/releases"
+ARTIFACTS_DIR = f"{APP_ROOT}/artifacts"
+CURRENT_LINK = f"{APP_ROOT}/current"
+RELEASE_INFO_FILE = f"{CURRENT_LINK}/release.json"
+SERVICE_EXECUTABLE = f"{CURRENT_LINK}/venv/bin/{APP_NAME}"
+INSTALLED_MARKER = ".installed"  # written last into a release dir: the install completed
+
+# Configuration and secrets.
+CONFIG_DIR = f"/etc/{APP_NAME}"
+ENV_FILE = f"{CONFIG_DIR}/{APP_NAME}.env"  # what the service reads (0640 root:plinth)
+ENV_FILE_SOURCE = f"{CONFIG_DIR}/{APP_NAME}.env.in"  # rendered template, no secret (0600 root)
+DB_PASSWORD_FILE = f"{CONFIG_DIR}/database-password"  # generated on the host (0600 root)
+DB_PASSWORD_PLACEHOLDER = "@PLINTH_DATABASE_PASSWORD@"
+
+# systemd units and the socket only nginx may connect to.
+SOCKET_UNIT = f"{APP_NAME}.socket"
+SERVICE_UNIT = f"{APP_NAME}.service"
+SOCKET_PATH = f"/run/{APP_NAME}.sock"
+RUNTIME_DIRECTORY = APP_NAME  # /run/plinth: Gunicorn's metrics files
+SYSTEMD_UNIT_DIR = "/etc/systemd/system"
+
+# nginx: the site (port 80) and the proxy locations it shares with the TLS deploy's server.
+NGINX_SITE = f"/etc/nginx/sites-available/{APP_NAME}"
+NGINX_SITE_ENABLED = f"/etc/nginx/sites-enabled/{APP_NAME}"
+NGINX_SNIPPETS = "/etc/nginx/snippets"
+NGINX_APP_LOCATIONS = f"{NGINX_SNIPPETS}/{APP_NAME}-app.conf"
+# Port-80 extras other deploys drop in (the TLS deploy's ACME webroot and its https redirect).
+NGINX_HTTP_EXTRAS_GLOB = f"{NGINX_SNIPPETS}/{APP_NAME}-http-*.conf"
+NGINX_UPSTREAM = f"{APP_NAME}_app"
+NGINX_ACCESS_LOG = f"/var/log/nginx/{APP_NAME}.access.log"
+NGINX_LOG_FORMAT = f"{APP_NAME}_main"
+HTTP_PORT = 80
+HTTPS_PORT = 443
+
+JOURNALD_DROPIN = "/etc/systemd/journald.conf.d/50-plinth.conf"
+
+# Debian releases the deploys support, with the Python and glibc each ships (the fallback
+# when the host has no python3 yet; the artifact's wheels are chosen for these).
+SUPPORTED_DEBIAN = {
+    "12": {"codename": "bookworm", "python": "3.11", "glibc": "2.36"},
+    "13": {"codename": "trixie", "python": "3.13", "glibc": "2.41"},
+}
+
+
+def layout_vars() -> dict[str, object]:
+    """Every name above, for templates: `{{ SOCKET_PATH }}`."""
+    return {key: value for key, value in globals().items() if key.isupper()}

@@ -1,0 +1,66 @@
+"""Nginx: Debian's package, the default site removed, one site on port 80 proxying to the
+service's unix socket. The proxy locations live in a snippet that the TLS deploy's HTTPS server
+includes too; port 80 also includes any `plinth-http-*.conf` snippet (ACME webroot, redirect)."""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations.util import any_changed
+
+from infra.deploys import layout
+from infra.deploys.templating import template
+
+NGINX_DEFAULTS = {
+    # server_name of the site; the inventory's domain.
+    "domain": None,
+    # Largest request body nginx passes on (bigger ones get 413 from nginx).
+    "nginx_client_max_body_size": "1m",
+    # Seconds nginx waits to connect to, send to and read from Gunicorn.
+    "nginx_proxy_connect_timeout": 5,
+    "nginx_proxy_send_timeout": 30,
+    "nginx_proxy_read_timeout": 30,
+    # Idle keepalive connections nginx keeps open to the upstream socket.
+    "nginx_upstream_keepalive": 16,
+    # Addresses allowed to read /metrics (everyone else gets 403).
+    "nginx_metrics_allow": ["127.0.0.1", "::1"],
+}
+
+
+@deploy("Nginx", data_defaults=NGINX_DEFAULTS)
+def nginx() -> None:
+    data = host.data
+    apt.packages(name="Nginx", packages=["nginx"], no_recommends=True)
+    changed = [
+        files.link(name="Default site disabled", path="/etc/nginx/sites-enabled/default",
+                   present=False),
+        template(
+            "nginx/plinth.conf.j2",
+            layout.NGINX_SITE,
+            name="Site: port 80, upstream to the service's socket",
+            server_name=data.domain,
+            upstream_keepalive=data.nginx_upstream_keepalive,
+        ),
+        template(
+            "nginx/plinth-app.conf.j2",
+            layout.NGINX_APP_LOCATIONS,
+            name="Proxy locations (shared with the HTTPS server)",
+            client_max_body_size=data.nginx_client_max_body_size,
+            proxy_connect_timeout=data.nginx_proxy_connect_timeout,
+            proxy_send_timeout=data.nginx_proxy_send_timeout,
+            proxy_read_timeout=data.nginx_proxy_read_timeout,
+            metrics_allow=data.nginx_metrics_allow,
+        ),
+        files.link(name="Site enabled", path=layout.NGINX_SITE_ENABLED, target=layout.NGINX_SITE),
+    ]
+    systemd.service(name="Nginx running and enabled", service="nginx", running=True,
+                    enabled=True)
+    validate_and_reload(changed)
+
+
+def validate_and_reload(changed) -> None:
+    """`nginx -t` first; a reload only when a config file changed and it validated."""
+    server.shell(name="nginx -t", commands=["nginx -t -q"], _if=any_changed(*changed))
+    systemd.service(name="Reload nginx", service="nginx", reloaded=True,
+                    _if=any_changed(*changed))

@@ -1,0 +1,25 @@
+"""Production: one host, named by the environment (nothing about it lives in git).
+
+    PLINTH_HOST=203.0.113.10 PLINTH_DOMAIN=api.example.org PLINTH_ACME_EMAIL=ops@example.org \\
+        uv run pyinfra infra/inventories/production.py infra/deploys/site.py --dry
+"""
+
+import os
+
+from pyinfra.api.exceptions import InventoryError
+
+_missing = [n for n in ("PLINTH_HOST", "PLINTH_DOMAIN", "PLINTH_ACME_EMAIL") if not os.environ.get(n)]
+if _missing:
+    raise InventoryError(f"production inventory needs {', '.join(_missing)} in the environment")
+
+_data = {
+    "ssh_hostname": os.environ["PLINTH_HOST"],
+    "domain": os.environ["PLINTH_DOMAIN"],
+    "tls_acme_email": os.environ["PLINTH_ACME_EMAIL"],
+}
+if os.environ.get("PLINTH_SSH_USER"):
+    _data["ssh_user"] = os.environ["PLINTH_SSH_USER"]
+
+# One host holds both roles; to split them, list the db host under `db` and set db_host.
+app = [("production", _data)]
+db = ["production"]

@@ -1,0 +1,38 @@
+"""The rehearsal host the rehearsal tool boots (`python -m infra.rehearsal up`), read from its
+host.json; PLINTH_REHEARSAL_HOST_JSON points elsewhere (default `.rehearsal/host.json`)."""
+
+import json
+import os
+from pathlib import Path
+
+from pyinfra.api.exceptions import InventoryError
+
+_REPO = Path(__file__).resolve().parents[2]
+_path = Path(os.environ.get("PLINTH_REHEARSAL_HOST_JSON") or _REPO / ".rehearsal" / "host.json")
+if not _path.is_file():
+    raise InventoryError(f"no rehearsal host: {_path} is missing (run: make rehearse)")
+_info = json.loads(_path.read_text())
+
+_data = {
+    "ssh_hostname": _info["address"],
+    "ssh_user": _info.get("ssh_user", "root"),
+    "ssh_key": _info["ssh_key"],
+    "domain": _info["domain"],
+    # A throwaway host with a new key each time: never prompt, never remember it.
+    "ssh_known_hosts_file": "/dev/null",
+    "ssh_strict_host_key_checking": "no",
+}
+if _info.get("acme_directory"):
+    _data.update(
+        tls_mode="acme",
+        tls_acme_directory=_info["acme_directory"],
+        tls_acme_ca_bundle=_info.get("acme_ca_bundle"),
+        tls_acme_root=_info.get("acme_root"),
+        tls_acme_email=_info.get("acme_email", "ops@plinth.test"),
+    )
+else:
+    _data["tls_mode"] = "off"
+
+# One host holds both roles.
+app = [("rehearsal", _data)]
+db = ["rehearsal"]

@@ -1,0 +1,178 @@
+"""Build (or reuse from `.cache/releases/`) the artifact one release installs from.
+
+The artifact is a tar of `plinth-*.whl`, `wheels/` (locked dependencies, binary wheels for the
+host's Python and platform), `requirements.txt` and `release.json`. It is keyed by the content
+of everything that goes into it, so building again with the same inputs gives the very same
+file (same checksum on the host: the upload and the install are no-ops)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import tomllib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE_DIR = REPO / ".cache" / "releases"
+# What the service's wheel and its dependencies are made of.
+SOURCE_PATHS = ("pyproject.toml", "uv.lock", "README.md", "service")
+
+
+class ReleaseBuildError(Exception):
+    """The artifact could not be built; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the release runs: picks the binary wheels."""
+
+    python: str  # "3.11"
+    glibc: str  # "2.36"
+    machine: str = "x86_64"
+
+    @property
+    def platform_tags(self) -> list[str]:
+        """Every manylinux tag this glibc runs (pip does not expand them for --platform)."""
+        major, minor = (int(part) for part in self.glibc.split(".")[:2])
+        tags = [f"manylinux_{major}_{m}_{self.machine}" for m in range(minor, 4, -1)]
+        return [*tags, f"manylinux2014_{self.machine}", f"manylinux2010_{self.machine}",
+                f"manylinux1_{self.machine}", "any"]
+
+    @property
+    def abi(self) -> str:
+        return "cp" + self.python.replace(".", "")
+
+
+@dataclass(frozen=True)
+class Release:
+    release_id: str
+    version: str
+    git_revision: str
+    artifact: Path  # the tar on the control machine
+    sha256: str
+
+
+def _run(args: list[str], cwd: Path = REPO) -> str:
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["failed"]
+        raise ReleaseBuildError(f"`{' '.join(args[:3])} ...` failed: {last[0]}")
+    return result.stdout
+
+
+def _source_files() -> list[Path]:
+    files: list[Path] = []
+    for name in SOURCE_PATHS:
+        path = REPO / name
+        if path.is_dir():
+            files += [
+                p for p in path.rglob("*")
+                if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+            ]
+        elif path.is_file():
+            files.append(path)
+    return sorted(files)
+
+
+def _content_key(target: Target) -> str:
+    digest = hashlib.sha256()
+    for path in _source_files():
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
+    digest.update(f"{target.python}/{target.glibc}/{target.machine}".encode())
+    return digest.hexdigest()
+
+
+def _git_revision() -> str:
+    """The last commit that touched the service, `+dirty` when its files differ from it."""
+    try:
+        rev = _run(["git", "log", "-1", "--format=%H", "--", *SOURCE_PATHS]).strip()
+        dirty = _run(["git", "status", "--porcelain", "--", *SOURCE_PATHS]).strip()
+    except (ReleaseBuildError, FileNotFoundError):
+        return "unknown"
+    return f"{rev or 'unknown'}{'+dirty' if dirty else ''}"
+
+
+def _pip() -> list[str]:
+    """pip from this interpreter if it has one, else uv's tool runner."""
+    probe = subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True)
+    return [sys.executable, "-m", "pip"] if probe.returncode == 0 else ["uvx", "pip"]
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, payload: bytes, mtime: int) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(payload), mtime, 0o644
+    tar.addfile(info, io.BytesIO(payload))
+
+
+def build_release(target: Target) -> Release:
+    """The artifact for `target`, from the cache when its inputs did not change."""
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    key = _content_key(target)
+    git_revision = _git_revision()
+    revision = git_revision.split("+")[0][:10]
+    release_id = f"{version}-{revision}-{key[:10]}"
+    artifact = CACHE_DIR / f"plinth-{release_id}-py{target.python}.tar"
+    if not artifact.exists():
+        _build(target, version, git_revision, release_id, artifact)
+    sha = hashlib.sha256(artifact.read_bytes()).hexdigest()
+    return Release(release_id, version, git_revision, artifact, sha)
+
+
+def _wheelhouse(target: Target, requirements: str) -> Path:
+    """Binary wheels of the locked dependencies for `target`, downloaded once per lock."""
+    key = hashlib.sha256(f"{requirements}\0{target}".encode()).hexdigest()[:16]
+    wheelhouse = CACHE_DIR / "wheelhouses" / f"py{target.python}-{target.machine}-{key}"
+    if wheelhouse.is_dir():
+        return wheelhouse
+    partial = wheelhouse.with_name(wheelhouse.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    (partial / "requirements.txt").write_text(requirements)
+    _run([
+        *_pip(), "download", "--quiet", "--no-deps", "--only-binary=:all:",
+        "--dest", str(partial), "--python-version", target.python,
+        "--implementation", "cp", "--abi", target.abi, "--abi", "abi3", "--abi", "none",
+        *(arg for tag in target.platform_tags for arg in ("--platform", tag)),
+        "-r", str(partial / "requirements.txt"),
+    ])
+    (partial / "requirements.txt").unlink()
+    partial.rename(wheelhouse)
+    return wheelhouse
+
+
+def _build(target: Target, version: str, git_revision: str, release_id: str, artifact: Path):
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    requirements = _run(
+        ["uv", "export", "--frozen", "--no-dev", "--no-emit-project", "--no-hashes",
+         "--no-header", "--no-annotate"]
+    )
+    wheelhouse = _wheelhouse(target, requirements)
+    with tempfile.TemporaryDirectory(dir=CACHE_DIR) as tmp:
+        _run(["uv", "build", "--wheel", "--out-dir", tmp])
+        (wheel,) = Path(tmp).glob("*.whl")
+        build_time = datetime.now(UTC).replace(microsecond=0).isoformat()
+        info = {"version": version, "git_revision": git_revision, "build_time": build_time,
+                "release_id": release_id, "python": target.python}
+        mtime = int(datetime.now(UTC).timestamp())
+        partial = artifact.with_suffix(".partial")
+        with tarfile.open(partial, "w") as tar:
+            tar.add(wheel, arcname=wheel.name)
+            for path in sorted(wheelhouse.iterdir()):
+                tar.add(path, arcname=f"wheels/{path.name}")
+            _add_bytes(tar, "requirements.txt", requirements.encode(), mtime)
+            _add_bytes(tar, "release.json", (json.dumps(info, indent=2) + "\n").encode(), mtime)
+        partial.replace(artifact)
+
+
+if __name__ == "__main__":
+    python, glibc = (sys.argv[1:3] + ["3.11", "2.36"][len(sys.argv[1:3]):])
+    release = build_release(Target(python, glibc))
+    print(release.release_id, release.artifact, release.sha256)
