@@ -16,8 +16,8 @@ from pyinfra.operations.util import any_changed
 from infra.deploys import layout
 from infra.deploys.hostops import (
     HostPython,
-    host_roles,
     PathsFresh,
+    host_roles,
     release_installed,
     render_with_secret,
     secret_file,
@@ -116,12 +116,24 @@ def app() -> None:
     )
 
     systemd.daemon_reload(name="systemd reads the changed units", _if=units_changed)
-    systemd.service(name=f"{layout.SOCKET_UNIT} listening", service=layout.SOCKET_UNIT,
-                    running=True, enabled=True)
-    systemd.service(name=f"{layout.SERVICE_UNIT} running", service=layout.SERVICE_UNIT,
-                    running=True, enabled=True)
-    systemd.service(name="Restart the service (its unit changed)", service=layout.SERVICE_UNIT,
-                    restarted=True, _if=units_changed)
+    systemd.service(
+        name=f"{layout.SOCKET_UNIT} listening",
+        service=layout.SOCKET_UNIT,
+        running=True,
+        enabled=True,
+    )
+    systemd.service(
+        name=f"{layout.SERVICE_UNIT} running",
+        service=layout.SERVICE_UNIT,
+        running=True,
+        enabled=True,
+    )
+    systemd.service(
+        name="Restart the service (its unit changed)",
+        service=layout.SERVICE_UNIT,
+        restarted=True,
+        _if=units_changed,
+    )
     systemd.service(
         name="Graceful reload (new release or settings)",
         service=layout.SERVICE_UNIT,
@@ -143,16 +155,24 @@ def _env_file(data):
         "GRACEFUL_TIMEOUT_SECONDS": data.app_graceful_timeout_seconds,
         **{key.upper(): value for key, value in dict(data.app_extra_env).items()},
     }
-    files.directory(name="Config directory", path=layout.CONFIG_DIR, mode="750",
-                    user="root", group=layout.SERVICE_GROUP)
+    files.directory(
+        name="Config directory",
+        path=layout.CONFIG_DIR,
+        mode="750",
+        user="root",
+        group=layout.SERVICE_GROUP,
+    )
     secret = []
     if "db" not in host_roles():  # on a db host the postgres deploy made it already
         secret.append(
-            secret_file(name="Database password generated on the host (copy it to the db host)",
-                        path=layout.DB_PASSWORD_FILE)
+            secret_file(
+                name="Database password generated on the host (copy it to the db host)",
+                path=layout.DB_PASSWORD_FILE,
+            )
         )
-    source = template("app/plinth.env.j2", layout.ENV_FILE_SOURCE, name="Service settings",
-                      mode="600", env=env)
+    source = template(
+        "app/plinth.env.j2", layout.ENV_FILE_SOURCE, name="Service settings", mode="600", env=env
+    )
     fresh = host.get_fact(
         PathsFresh,
         target=layout.ENV_FILE,
@@ -172,10 +192,15 @@ def _env_file(data):
 
 
 def _units(data):
-    socket = template("systemd/plinth.socket.j2", f"{layout.SYSTEMD_UNIT_DIR}/{layout.SOCKET_UNIT}",
-                      name=layout.SOCKET_UNIT)
-    service = template("systemd/plinth.service.j2",
-                       f"{layout.SYSTEMD_UNIT_DIR}/{layout.SERVICE_UNIT}",
-                       name=layout.SERVICE_UNIT,
-                       ip_address_allow=" ".join(["localhost", *data.app_ip_address_allow]))
+    socket = template(
+        "systemd/plinth.socket.j2",
+        f"{layout.SYSTEMD_UNIT_DIR}/{layout.SOCKET_UNIT}",
+        name=layout.SOCKET_UNIT,
+    )
+    service = template(
+        "systemd/plinth.service.j2",
+        f"{layout.SYSTEMD_UNIT_DIR}/{layout.SERVICE_UNIT}",
+        name=layout.SERVICE_UNIT,
+        ip_address_allow=" ".join(["localhost", *data.app_ip_address_allow]),
+    )
     return any_changed(socket, service)

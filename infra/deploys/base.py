@@ -34,7 +34,7 @@ def base() -> None:
         packages.append("locales")
     apt.packages(name="Base packages", packages=packages, no_recommends=True)
 
-    zone = files.link(
+    files.link(
         name=f"Timezone {data.timezone}",
         path="/etc/localtime",
         target=f"/usr/share/zoneinfo/{data.timezone}",
@@ -53,10 +53,9 @@ def base() -> None:
         dest="/etc/default/locale",
         mode="644",
     )
-    del zone  # the link alone switches the zone; nothing to restart
 
     server.group(name="Service group", group=layout.SERVICE_GROUP, system=True)
-    server.user(
+    server.user(  # noqa: S604 (a login shell, not subprocess shell=True)
         name="Service user, no login shell",
         user=layout.SERVICE_USER,
         group=layout.SERVICE_GROUP,

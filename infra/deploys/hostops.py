@@ -78,8 +78,8 @@ def role_password(role: str, password_file: str):
     sql_role = '"' + role.replace('"', '""') + '"'
     yield (
         "{ printf \"SET log_statement = 'none'; SET log_min_error_statement = 'panic'; "
-        "SET log_min_duration_statement = -1;\\n\"; "
-        f"printf \"ALTER ROLE %s PASSWORD '%s';\\n\" {shlex.quote(sql_role)} \"$(cat {f})\"; }} "
+        'SET log_min_duration_statement = -1;\\n"; '
+        f'printf "ALTER ROLE %s PASSWORD \'%s\';\\n" {shlex.quote(sql_role)} "$(cat {f})"; }} '
         "| runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d postgres >/dev/null"
     )
 
@@ -110,10 +110,17 @@ def release_installed(release_dir: str, artifact: str, marker: str):
         host.noop(f"release {release_dir} is installed")
         return
     d, a = shlex.quote(release_dir), shlex.quote(artifact)
+    pip_args = (
+        f"install --quiet --no-index --no-cache-dir --disable-pip-version-check "
+        f"--find-links {d}/wheels -r {d}/requirements.txt {d}/plinth-*.whl"
+    )
+    # Debian's own pip wheel runs pip without installing it: no pip left in the release venv.
     yield (
-        f"rm -rf {d} && mkdir -p {d} && tar -C {d} -xf {a} && python3 -m venv {d}/venv "
-        f"&& {d}/venv/bin/pip install --quiet --no-index --no-cache-dir --disable-pip-version-check "
-        f"--find-links {d}/wheels -r {d}/requirements.txt {d}/plinth-*.whl "
+        f"rm -rf {d} && mkdir -p {d} && tar -C {d} -xf {a} "
+        "&& PIP=$(ls /usr/share/python-wheels/pip-*.whl 2>/dev/null | tail -n 1) "
+        f'&& if [ -n "$PIP" ]; then python3 -m venv --without-pip {d}/venv '
+        f'&& {d}/venv/bin/python "$PIP/pip" {pip_args}; '
+        f"else python3 -m venv {d}/venv && {d}/venv/bin/pip {pip_args}; fi "
         f"&& rm -rf {d}/wheels && chmod -R go-w {d} && touch {d}/{shlex.quote(marker)}"
     )
 

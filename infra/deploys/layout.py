@@ -23,7 +23,7 @@ CONFIG_DIR = f"/etc/{APP_NAME}"
 ENV_FILE = f"{CONFIG_DIR}/{APP_NAME}.env"  # what the service reads (0640 root:plinth)
 ENV_FILE_SOURCE = f"{CONFIG_DIR}/{APP_NAME}.env.in"  # rendered template, no secret (0600 root)
 DB_PASSWORD_FILE = f"{CONFIG_DIR}/database-password"  # generated on the host (0600 root)
-DB_PASSWORD_PLACEHOLDER = "@PLINTH_DATABASE_PASSWORD@"
+DB_PASSWORD_PLACEHOLDER = "@PLINTH_DATABASE_PASSWORD@"  # noqa: S105 (a marker, not a secret)
 
 # systemd units and the socket only nginx may connect to.
 SOCKET_UNIT = f"{APP_NAME}.socket"

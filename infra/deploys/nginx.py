@@ -33,8 +33,9 @@ def nginx() -> None:
     data = host.data
     apt.packages(name="Nginx", packages=["nginx"], no_recommends=True)
     changed = [
-        files.link(name="Default site disabled", path="/etc/nginx/sites-enabled/default",
-                   present=False),
+        files.link(
+            name="Default site disabled", path="/etc/nginx/sites-enabled/default", present=False
+        ),
         template(
             "nginx/plinth.conf.j2",
             layout.NGINX_SITE,
@@ -54,13 +55,11 @@ def nginx() -> None:
         ),
         files.link(name="Site enabled", path=layout.NGINX_SITE_ENABLED, target=layout.NGINX_SITE),
     ]
-    systemd.service(name="Nginx running and enabled", service="nginx", running=True,
-                    enabled=True)
+    systemd.service(name="Nginx running and enabled", service="nginx", running=True, enabled=True)
     validate_and_reload(changed)
 
 
 def validate_and_reload(changed) -> None:
     """`nginx -t` first; a reload only when a config file changed and it validated."""
     server.shell(name="nginx -t", commands=["nginx -t -q"], _if=any_changed(*changed))
-    systemd.service(name="Reload nginx", service="nginx", reloaded=True,
-                    _if=any_changed(*changed))
+    systemd.service(name="Reload nginx", service="nginx", reloaded=True, _if=any_changed(*changed))

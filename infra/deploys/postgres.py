@@ -110,8 +110,9 @@ def postgresql() -> None:
         user="root",
         group=layout.SERVICE_GROUP,
     )
-    password = secret_file(name="Database password generated on the host",
-                           path=layout.DB_PASSWORD_FILE)
+    password = secret_file(
+        name="Database password generated on the host", path=layout.DB_PASSWORD_FILE
+    )
     accepted = host.get_fact(
         PasswordAccepted,
         password_file=layout.DB_PASSWORD_FILE,
@@ -121,9 +122,15 @@ def postgresql() -> None:
         db_port=data.db_port,
     )
     if not accepted:
-        role_password(name=f"Role {data.db_user} gets the generated password",
-                      role=data.db_user, password_file=layout.DB_PASSWORD_FILE)
+        role_password(
+            name=f"Role {data.db_user} gets the generated password",
+            role=data.db_user,
+            password_file=layout.DB_PASSWORD_FILE,
+        )
     else:
-        role_password(name=f"Role {data.db_user} gets the regenerated password",
-                      role=data.db_user, password_file=layout.DB_PASSWORD_FILE,
-                      _if=password.did_change)
+        role_password(
+            name=f"Role {data.db_user} gets the regenerated password",
+            role=data.db_user,
+            password_file=layout.DB_PASSWORD_FILE,
+            _if=password.did_change,
+        )

@@ -11,8 +11,9 @@ from infra.deploys import layout
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
 
 
-def template(src: str, dest: str, *, name: str, mode: str = "644", user="root", group="root",
-             **variables):
+def template(
+    src: str, dest: str, *, name: str, mode: str = "644", user="root", group="root", **variables
+):
     """Render `infra/templates/<src>` to `dest`; templates see every `layout` name too."""
     return files.template(
         name=name,

@@ -15,7 +15,9 @@ from infra.deploys.nginx import NGINX_DEFAULTS
 from infra.deploys.postgres import POSTGRES_DEFAULTS
 
 WORKERS_RANGE = range(1, 33)
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{1,62}$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{1,62}$"
+)
 _EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@([A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,}$")
 # Names people leave in templates instead of their own.
 _PLACEHOLDER = re.compile(

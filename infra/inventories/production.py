@@ -8,7 +8,9 @@ import os
 
 from pyinfra.api.exceptions import InventoryError
 
-_missing = [n for n in ("PLINTH_HOST", "PLINTH_DOMAIN", "PLINTH_ACME_EMAIL") if not os.environ.get(n)]
+_missing = [
+    n for n in ("PLINTH_HOST", "PLINTH_DOMAIN", "PLINTH_ACME_EMAIL") if not os.environ.get(n)
+]
 if _missing:
     raise InventoryError(f"production inventory needs {', '.join(_missing)} in the environment")
 

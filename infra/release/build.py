@@ -43,8 +43,13 @@ class Target:
         """Every manylinux tag this glibc runs (pip does not expand them for --platform)."""
         major, minor = (int(part) for part in self.glibc.split(".")[:2])
         tags = [f"manylinux_{major}_{m}_{self.machine}" for m in range(minor, 4, -1)]
-        return [*tags, f"manylinux2014_{self.machine}", f"manylinux2010_{self.machine}",
-                f"manylinux1_{self.machine}", "any"]
+        return [
+            *tags,
+            f"manylinux2014_{self.machine}",
+            f"manylinux2010_{self.machine}",
+            f"manylinux1_{self.machine}",
+            "any",
+        ]
 
     @property
     def abi(self) -> str:
@@ -74,7 +79,8 @@ def _source_files() -> list[Path]:
         path = REPO / name
         if path.is_dir():
             files += [
-                p for p in path.rglob("*")
+                p
+                for p in path.rglob("*")
                 if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
             ]
         elif path.is_file():
@@ -136,13 +142,30 @@ def _wheelhouse(target: Target, requirements: str) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     (partial / "requirements.txt").write_text(requirements)
-    _run([
-        *_pip(), "download", "--quiet", "--no-deps", "--only-binary=:all:",
-        "--dest", str(partial), "--python-version", target.python,
-        "--implementation", "cp", "--abi", target.abi, "--abi", "abi3", "--abi", "none",
-        *(arg for tag in target.platform_tags for arg in ("--platform", tag)),
-        "-r", str(partial / "requirements.txt"),
-    ])
+    _run(
+        [
+            *_pip(),
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--dest",
+            str(partial),
+            "--python-version",
+            target.python,
+            "--implementation",
+            "cp",
+            "--abi",
+            target.abi,
+            "--abi",
+            "abi3",
+            "--abi",
+            "none",
+            *(arg for tag in target.platform_tags for arg in ("--platform", tag)),
+            "-r",
+            str(partial / "requirements.txt"),
+        ]
+    )
     (partial / "requirements.txt").unlink()
     partial.rename(wheelhouse)
     return wheelhouse
@@ -151,16 +174,29 @@ def _wheelhouse(target: Target, requirements: str) -> Path:
 def _build(target: Target, version: str, git_revision: str, release_id: str, artifact: Path):
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     requirements = _run(
-        ["uv", "export", "--frozen", "--no-dev", "--no-emit-project", "--no-hashes",
-         "--no-header", "--no-annotate"]
+        [
+            "uv",
+            "export",
+            "--frozen",
+            "--no-dev",
+            "--no-emit-project",
+            "--no-hashes",
+            "--no-header",
+            "--no-annotate",
+        ]
     )
     wheelhouse = _wheelhouse(target, requirements)
     with tempfile.TemporaryDirectory(dir=CACHE_DIR) as tmp:
         _run(["uv", "build", "--wheel", "--out-dir", tmp])
         (wheel,) = Path(tmp).glob("*.whl")
         build_time = datetime.now(UTC).replace(microsecond=0).isoformat()
-        info = {"version": version, "git_revision": git_revision, "build_time": build_time,
-                "release_id": release_id, "python": target.python}
+        info = {
+            "version": version,
+            "git_revision": git_revision,
+            "build_time": build_time,
+            "release_id": release_id,
+            "python": target.python,
+        }
         mtime = int(datetime.now(UTC).timestamp())
         partial = artifact.with_suffix(".partial")
         with tarfile.open(partial, "w") as tar:
@@ -173,6 +209,6 @@ def _build(target: Target, version: str, git_revision: str, release_id: str, art
 
 
 if __name__ == "__main__":
-    python, glibc = (sys.argv[1:3] + ["3.11", "2.36"][len(sys.argv[1:3]):])
+    python, glibc = sys.argv[1:3] + ["3.11", "2.36"][len(sys.argv[1:3]) :]
     release = build_release(Target(python, glibc))
     print(release.release_id, release.artifact, release.sha256)

@@ -103,11 +103,14 @@ class Sandbox:
             *command,
         ]
 
-    def run(self, command: Sequence[str], **kwargs) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, command: Sequence[str], extra_env: dict[str, str] | None = None, **kwargs
+    ) -> subprocess.CompletedProcess[str]:
         """Run inside the sandbox; output goes to the caller's stdout/stderr unless captured."""
         kwargs.setdefault("check", True)
         kwargs.setdefault("text", True)
-        return subprocess.run(self.argv(command), env=self.env(), **kwargs)
+        env = {**self.env(), **(extra_env or {})}
+        return subprocess.run(self.argv(command), env=env, **kwargs)
 
     def containers(self) -> list[str]:
         if not self.lxcpath.is_dir():

@@ -4,8 +4,6 @@ security headers on every response, a renewal with no restart and no failed requ
 from __future__ import annotations
 
 import http.client
-import json
-import os
 import socket
 import ssl
 import subprocess
@@ -15,13 +13,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import testinfra
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 
+from tests.infra.conftest import run_deploy
+
 pytestmark = pytest.mark.infra
 
-REPO = Path(__file__).resolve().parents[2]
 HOST_CA_BUNDLE = "/etc/letsencrypt/plinth-acme-ca-bundle.pem"
 ACME_WEBROOT = "/var/www/letsencrypt"
 SECURITY_HEADERS = {
@@ -117,29 +115,14 @@ def _https_get_status(target, context: ssl.SSLContext) -> int:
 
 
 @pytest.fixture(scope="module")
-def rehearsal_dir() -> Path:
-    # TODO: replace with conftest's session fixtures once they exist.
-    path = Path(os.environ.get("PLINTH_REHEARSAL_DIR") or REPO / ".rehearsal")
-    if not (path / "host.json").exists():
-        pytest.skip("no rehearsal host")
-    return path
-
-
-@pytest.fixture(scope="module")
-def tls_host(rehearsal_dir):
-    return testinfra.get_host("paramiko://rehearsal", ssh_config=str(rehearsal_dir / "ssh_config"))
-
-
-@pytest.fixture(scope="module")
-def target(rehearsal_dir):
+def target(rehearsal, first_deploy):
     """Where the deployed host answers HTTPS, and what its certificate must chain to."""
-    info = json.loads((rehearsal_dir / "host.json").read_text())
     return {
-        "address": info["address"],
-        "domain": info["domain"],
-        "root": Path(info["acme_root"]),
-        "acme_ca_bundle": Path(info["acme_ca_bundle"]),
-        "acme_management": info["acme_management"],
+        "address": rehearsal["address"],
+        "domain": rehearsal["domain"],
+        "root": Path(rehearsal["acme_root"]),
+        "acme_ca_bundle": Path(rehearsal["acme_ca_bundle"]),
+        "acme_management": rehearsal["acme_management"],
     }
 
 
@@ -270,7 +253,7 @@ def test_hsts_and_security_headers_on_every_response(target, path, curl_args, st
             assert headers[name] == value, name
 
 
-def test_http_is_a_308_to_https_except_the_acme_path(target, tls_host):
+def test_http_is_a_308_to_https_except_the_acme_path(target, host):
     domain, address = target["domain"], target["address"]
     conn = http.client.HTTPConnection(address, 80, timeout=5)
     conn.request("POST", "/v1/anything?x=1", body=b"{}", headers={"Host": domain})
@@ -281,32 +264,32 @@ def test_http_is_a_308_to_https_except_the_acme_path(target, tls_host):
 
     token = "plinth-tls-test-token"
     challenges = f"{ACME_WEBROOT}/.well-known/acme-challenge"
-    tls_host.run_expect([0], f"mkdir -p {challenges} && echo ok-{token} > {challenges}/{token}")
+    host.run_expect([0], f"mkdir -p {challenges} && echo ok-{token} > {challenges}/{token}")
     try:
         conn = http.client.HTTPConnection(address, 80, timeout=5)
         conn.request("GET", f"/.well-known/acme-challenge/{token}", headers={"Host": domain})
         response = conn.getresponse()
         assert (response.status, response.read().strip()) == (200, f"ok-{token}".encode())
     finally:
-        tls_host.run(f"rm -f {challenges}/{token}")
+        host.run(f"rm -f {challenges}/{token}")
 
 
 # -- renewal ---------------------------------------------------------------------------------
 
 
-def test_certbot_timer_renews_trusting_the_acme_ca_and_reloads_nginx(tls_host):
-    timer = tls_host.service("certbot.timer")
+def test_certbot_timer_renews_trusting_the_acme_ca_and_reloads_nginx(host):
+    timer = host.service("certbot.timer")
     assert timer.is_enabled and timer.is_running
-    environment = tls_host.check_output("systemctl show certbot.service -p Environment")
+    environment = host.check_output("systemctl show certbot.service -p Environment")
     assert f"REQUESTS_CA_BUNDLE={HOST_CA_BUNDLE}" in environment
-    hook = tls_host.file("/etc/letsencrypt/renewal-hooks/deploy/reload-nginx")
+    hook = host.file("/etc/letsencrypt/renewal-hooks/deploy/reload-nginx")
     assert hook.mode == 0o755
     assert "nginx -t" in hook.content_string
 
 
-def test_forced_renewal_new_serial_same_nginx_master_no_failed_request(target, tls_host):
+def test_forced_renewal_new_serial_same_nginx_master_no_failed_request(target, host):
     before = _served_certificate(target).serial_number
-    master = tls_host.file("/run/nginx.pid").content_string.strip()
+    master = host.file("/run/nginx.pid").content_string.strip()
     context = _verifying_context(target["root"])
     failures: list[str] = []
     done = 0
@@ -326,7 +309,7 @@ def test_forced_renewal_new_serial_same_nginx_master_no_failed_request(target, t
     worker = threading.Thread(target=requests_during_renewal, daemon=True)
     worker.start()
     try:
-        tls_host.run_expect(
+        host.run_expect(
             [0],
             f"REQUESTS_CA_BUNDLE={HOST_CA_BUNDLE} certbot renew --force-renewal "
             "--cert-name plinth --no-random-sleep-on-renew --non-interactive --quiet",
@@ -339,6 +322,35 @@ def test_forced_renewal_new_serial_same_nginx_master_no_failed_request(target, t
     finally:
         stop.set()
         worker.join(10)
-    assert tls_host.file("/run/nginx.pid").content_string.strip() == master
+    assert host.file("/run/nginx.pid").content_string.strip() == master
     assert done > 10
     assert failures == []
+
+
+# -- the deploy ------------------------------------------------------------------------------
+
+
+# Re-deploying with TLS on changes nothing: test_idempotence.py's second deploy covers the
+# whole site, TLS included (the rehearsal inventory turns tls_mode acme on).
+
+
+@pytest.mark.parametrize(
+    ("data", "line"),
+    [
+        pytest.param("tls_acme_email=", "tls_acme_email '' is not a valid e-mail", id="no-email"),
+        pytest.param(
+            "tls_domains=10.213.0.2", "TLS domain 10.213.0.2 is an IP address", id="ip-in-tls"
+        ),
+        pytest.param("domain=10.213.0.2", "'10.213.0.2' is not a valid DNS name", id="ip-domain"),
+        pytest.param("tls_mode=bogus", "tls_mode 'bogus' is not one of", id="unknown-mode"),
+        pytest.param(
+            "tls_acme_directory=http://ca.invalid/dir", "is not an https:// URL", id="http-ca"
+        ),
+    ],
+)
+def test_bad_tls_data_fails_before_any_change_with_one_line(first_deploy, data, line):
+    run = run_deploy("--data", data)
+    assert run.returncode != 0
+    errors = [text for text in run.stderr.splitlines() if "pyinfra error" in text]
+    assert len(errors) == 1 and line in errors[0], run.stderr[-2000:]
+    assert "Starting operation" not in run.stderr  # nothing ran on the host

@@ -186,6 +186,9 @@ def _run(arguments: argparse.Namespace) -> int:
 
 
 def main() -> int:
+    # Turn SIGTERM (make, CI, timeout) into a normal exit so the server is stopped and its
+    # temporary directory removed by the context managers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="action", required=True)
     dev = commands.add_parser("dev", help="PostgreSQL + migrations + auto-reloading service")

@@ -1,0 +1,102 @@
+"""Fixtures for the deploy tests: the rehearsal host (booted by the rehearsal tool unless
+PLINTH_REHEARSAL_HOST_JSON names one already running), one deploy per session, and testinfra."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import testinfra
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # the tests read host names from infra.deploys.layout
+    sys.path.insert(0, str(REPO))
+# The same host checks run against the Vagrant machine: tests/infra/test_vagrant.py sets
+# PLINTH_INFRA_INVENTORY=infra/inventories/vagrant.py and a host.json describing it.
+INVENTORY = os.environ.get("PLINTH_INFRA_INVENTORY") or "infra/inventories/rehearsal.py"
+SITE = "infra/deploys/site.py"
+
+
+def host_json_path() -> Path:
+    return Path(os.environ.get("PLINTH_REHEARSAL_HOST_JSON") or REPO / ".rehearsal" / "host.json")
+
+
+@dataclass
+class DeployRun:
+    returncode: int
+    seconds: float
+    stdout: str
+    stderr: str
+
+    @property
+    def totals(self) -> dict:
+        return json.loads(self.stdout)["results"]["totals"]
+
+
+def run_deploy(*extra: str, dry: bool = False, inventory: str = INVENTORY) -> DeployRun:
+    """`pyinfra -y --json INVENTORY site.py` from the repository root, as the Makefile runs it."""
+    env = {**os.environ, "PLINTH_REHEARSAL_HOST_JSON": str(host_json_path())}
+    args = [sys.executable, "-m", "pyinfra", "-y", "--json", *extra, inventory, SITE]
+    if dry:
+        args.insert(3, "--dry")
+    started = time.monotonic()
+    result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
+    return DeployRun(result.returncode, time.monotonic() - started, result.stdout, result.stderr)
+
+
+@pytest.fixture(scope="session")
+def rehearsal() -> dict:
+    """The rehearsal host's host.json; `python -m infra.rehearsal up` when there is none."""
+    path = host_json_path()
+    if not path.is_file():
+        subprocess.run([sys.executable, "-m", "infra.rehearsal", "up"], cwd=REPO, check=True)
+    if not path.is_file():
+        pytest.fail(f"no rehearsal host: {path} missing after `python -m infra.rehearsal up`")
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="session")
+def first_deploy(rehearsal) -> DeployRun:
+    """The deploy every host test looks at (converges a fresh host or updates a running one)."""
+    run = run_deploy()
+    assert run.returncode == 0, run.stderr[-3000:]
+    print(f"\ndeploy: {run.seconds:.1f} s, totals {run.totals}", file=sys.stderr)
+    return run
+
+
+@pytest.fixture(scope="session")
+def deploy():
+    """`deploy(*pyinfra_args, dry=False, inventory=...)`: one more pyinfra run."""
+    return run_deploy
+
+
+@pytest.fixture(scope="session")
+def ssh_config(rehearsal, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ssh") / "config"
+    path.write_text(
+        "Host rehearsal\n"
+        f"  HostName {rehearsal['address']}\n"
+        f"  User {rehearsal.get('ssh_user', 'root')}\n"
+        f"  IdentityFile {rehearsal['ssh_key']}\n"
+        "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def host(first_deploy, ssh_config, rehearsal):
+    """testinfra over SSH to the deployed rehearsal host (commands run as root, through sudo
+    when the login user is not root, e.g. Vagrant's)."""
+    sudo = rehearsal.get("ssh_user", "root") != "root"
+    return testinfra.get_host("ssh://rehearsal", ssh_config=str(ssh_config), sudo=sudo)
+
+
+@pytest.fixture(scope="session")
+def base_url(rehearsal) -> str:
+    return f"http://{rehearsal['address']}"
