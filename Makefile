@@ -34,7 +34,7 @@ deploy-production-dry:  ## show what a production deploy would change, change no
 	$(RUN) pyinfra --dry infra/inventories/production.py infra/deploys/site.py
 
 dev:  ## throwaway PostgreSQL + the service with auto-reload on 127.0.0.1:8000
-	$(RUN) python -m tests.service.pg dev
+	$(RUN) python tests/service/throwaway_pg.py dev
 
 lint:  ## ruff lint and format check
 	$(RUN) ruff check .
