@@ -55,3 +55,24 @@ test-infra:  ## rehearsal tool, deploy, testinfra, idempotence (boots the rehear
 bench:  ## the benchmarks; each prints a table
 	$(RUN) python bench/bench_service.py
 	$(RUN) python bench/bench_rehearsal.py
+
+# --- Vagrant (issue 7; infra/vagrant/README.md) -------------------------------------------------
+VAGRANT_PROVIDER ?=
+
+.PHONY: vagrant-box vagrant-up vagrant-deploy vagrant-destroy test-vagrant
+
+vagrant-box:  ## build the LXC box from the rehearsal's mmdebstrap recipe, `vagrant box add` it
+	$(RUN) python -m infra.vagrant box --release $(RELEASE)
+
+vagrant-up:  ## boot the Vagrant machine and deploy plinth to it (VAGRANT_PROVIDER=lxc|libvirt)
+	PLINTH_VAGRANT_RELEASE=$(RELEASE) UV=$(UV) vagrant up $(if $(VAGRANT_PROVIDER),--provider=$(VAGRANT_PROVIDER))
+
+vagrant-deploy:  ## re-deploy plinth to the running Vagrant machine
+	$(PYINFRA) infra/inventories/vagrant.py infra/deploys/site.py
+
+vagrant-destroy:  ## destroy the Vagrant machine
+	vagrant destroy -f
+
+test-vagrant:  ## Vagrantfile validation, LXC box + vagrant up + host checks + destroy (root)
+	$(RUN) pytest -x -q tests/infra/test_vagrant.py
+# --- end Vagrant ---------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from infra.deploys.hostops import (
     HostPython,
     PathsFresh,
     host_roles,
+    pruned,
     release_installed,
     render_with_secret,
     secret_file,
@@ -42,6 +43,9 @@ APP_DEFAULTS = {
     # Gunicorn's worker timeout and graceful shutdown window, in seconds.
     "app_timeout_seconds": 30,
     "app_graceful_timeout_seconds": 30,
+    # Releases (and their uploaded artifacts) kept on the host; older ones are pruned, never
+    # the one `current` points to.
+    "app_keep_releases": 5,
     # Addresses the service may reach besides localhost (e.g. a database on another host).
     "app_ip_address_allow": [],
     # Any further PLINTH_* settings, e.g. {"DB_POOL_SIZE": 10}.
@@ -115,6 +119,8 @@ def app() -> None:
         name=f"current -> {release.release_id}", link=layout.CURRENT_LINK, target=release_dir
     )
 
+    _prune(data, release_dir, artifact, current)
+
     systemd.daemon_reload(name="systemd reads the changed units", _if=units_changed)
     systemd.service(
         name=f"{layout.SOCKET_UNIT} listening",
@@ -139,6 +145,27 @@ def app() -> None:
         service=layout.SERVICE_UNIT,
         reloaded=True,
         _if=any_changed(switched, env_changed),
+    )
+
+
+def _prune(data, release_dir, artifact, current) -> None:
+    keep = int(data.app_keep_releases)
+    running = [release_dir, artifact]
+    if current and current.get("link_target"):
+        running.append(current["link_target"])  # still serving until the reload
+    pruned(
+        name=f"Keep the newest {keep} releases",
+        directory=layout.RELEASES_DIR,
+        pattern="*/",
+        keep=keep,
+        protect=running,
+    )
+    pruned(
+        name=f"Keep the newest {keep} artifacts",
+        directory=layout.ARTIFACTS_DIR,
+        pattern="*.tar",
+        keep=keep,
+        protect=running,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, files, server, systemd
 
 from infra.deploys import layout
@@ -50,7 +51,7 @@ def base() -> None:
     files.put(
         name=f"LANG={data.locale}",
         src=_text(f"LANG={data.locale}\n"),
-        dest="/etc/default/locale",
+        dest=_debian()["locale_file"],
         mode="644",
     )
 
@@ -82,6 +83,11 @@ def base() -> None:
         restarted=True,
         _if=journald.did_change,
     )
+
+
+def _debian() -> dict:
+    release = str((host.get_fact(LinuxDistribution) or {}).get("major"))
+    return layout.SUPPORTED_DEBIAN.get(release) or layout.SUPPORTED_DEBIAN["12"]
 
 
 def _text(content: str):

@@ -139,3 +139,26 @@ def symlink_switched(link: str, target: str):
 def host_roles() -> set[str]:
     """The host's roles (inventory groups `app`, `db`); a host in neither holds both."""
     return ({"app", "db"} & set(host.groups)) or {"app", "db"}
+
+
+class NewestFirst(FactBase):
+    """Entries of `directory` matching `pattern`, newest first (by mtime)."""
+
+    def command(self, directory, pattern="*"):
+        return (
+            f"cd {shlex.quote(directory)} 2>/dev/null && ls -1dt -- {pattern} 2>/dev/null || true"
+        )
+
+    def process(self, output):
+        return [line.rstrip("/") for line in output if line.strip()]
+
+
+@operation()
+def pruned(directory: str, pattern: str, keep: int, protect: list[str]):
+    """Remove all but the `keep` newest entries of `directory`, never one in `protect`."""
+    entries = host.get_fact(NewestFirst, directory=directory, pattern=pattern)
+    stale = [e for e in entries[keep:] if f"{directory}/{e}" not in protect and e not in protect]
+    if not stale:
+        host.noop(f"{directory}: {len(entries)} kept")
+        return
+    yield "rm -rf -- " + " ".join(shlex.quote(f"{directory}/{entry}") for entry in stale)

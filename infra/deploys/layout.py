@@ -50,8 +50,19 @@ JOURNALD_DROPIN = "/etc/systemd/journald.conf.d/50-plinth.conf"
 # Debian releases the deploys support, with the Python and glibc each ships (the fallback
 # when the host has no python3 yet; the artifact's wheels are chosen for these).
 SUPPORTED_DEBIAN = {
-    "12": {"codename": "bookworm", "python": "3.11", "glibc": "2.36"},
-    "13": {"codename": "trixie", "python": "3.13", "glibc": "2.41"},
+    # locale_file: where LANG lives (13 makes /etc/default/locale a link to it).
+    "12": {
+        "codename": "bookworm",
+        "python": "3.11",
+        "glibc": "2.36",
+        "locale_file": "/etc/default/locale",
+    },
+    "13": {
+        "codename": "trixie",
+        "python": "3.13",
+        "glibc": "2.41",
+        "locale_file": "/etc/locale.conf",
+    },
 }
 
 

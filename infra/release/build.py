@@ -128,8 +128,16 @@ def build_release(target: Target) -> Release:
     artifact = CACHE_DIR / f"plinth-{release_id}-py{target.python}.tar"
     if not artifact.exists():
         _build(target, version, git_revision, release_id, artifact)
+        _prune_cache(keep=10)
     sha = hashlib.sha256(artifact.read_bytes()).hexdigest()
     return Release(release_id, version, git_revision, artifact, sha)
+
+
+def _prune_cache(keep: int) -> None:
+    """The cache keeps the newest `keep` artifacts."""
+    artifacts = sorted(CACHE_DIR.glob("plinth-*.tar"), key=lambda p: p.stat().st_mtime)
+    for old in artifacts[:-keep]:
+        old.unlink(missing_ok=True)
 
 
 def _wheelhouse(target: Target, requirements: str) -> Path:
