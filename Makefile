@@ -4,7 +4,7 @@ RUN     := $(UV) run --frozen
 PYINFRA := $(RUN) pyinfra -y
 RELEASE ?= bookworm
 
-.PHONY: help rehearse rehearse-down deploy-rehearsal ssh logs deploy-production \
+.PHONY: help rehearse rehearse-down deploy-rehearsal restore ssh logs deploy-production \
         deploy-production-dry dev lint format test test-service test-infra bench
 
 help:  ## list the targets
@@ -17,6 +17,9 @@ rehearse:  ## boot (or reuse) the local rehearsal host, deploy plinth to it, pri
 
 deploy-rehearsal:  ## re-deploy to the running rehearsal host
 	$(PYINFRA) infra/inventories/rehearsal.py infra/deploys/site.py
+
+restore:  ## restore a database dump (PLINTH_RESTORE_DUMP=file, default the newest; INVENTORY=...)
+	$(PYINFRA) $(or $(INVENTORY),infra/inventories/rehearsal.py) infra/deploys/restore.py
 
 rehearse-down:  ## stop the rehearsal host and remove everything it made on this machine
 	$(RUN) python -m infra.rehearsal down

@@ -51,9 +51,18 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def insert_predictions(engine: Engine, rows: Sequence[dict[str, Any]]) -> None:
-    """Write a batch in one transaction; returns only after COMMIT succeeded."""
-    with engine.begin() as connection:
-        connection.execute(insert(Prediction.__table__), list(rows))
+    """Write a batch atomically; returns only after its COMMIT succeeded (and, with
+    PostgreSQL's default ``synchronous_commit=on``, after the WAL reached disk).
+
+    One multi-row ``INSERT ... VALUES (...), (...)`` sent in autocommit mode: PostgreSQL runs
+    a single statement as its own transaction, so the batch is stored entirely or not at all,
+    exactly as BEGIN/INSERT/COMMIT would, in one round trip instead of three (an executemany
+    would be one statement, hence one transaction, per row). The isolation level is reset
+    when the connection returns to the pool.
+    """
+    with engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        connection.execute(insert(Prediction.__table__).values(list(rows)))
 
 
 def get_prediction(engine: Engine, prediction_id: uuid.UUID) -> dict[str, Any] | None:

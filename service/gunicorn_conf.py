@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from gunicorn import systemd
 
 from service.config import Settings
 
@@ -54,6 +57,26 @@ def child_exit(server: Any, worker: Any) -> None:
 def on_exit(server: Any) -> None:
     if _METRICS_DIR_IS_TEMPORARY:
         shutil.rmtree(METRICS_DIR, ignore_errors=True)
+
+
+def pre_exec(server: Any) -> None:
+    """USR2 re-exec (a release cutover): run the launcher we were started as (``current``'s
+    ``venv/bin/plinth``, whose shebang names the *new* release's interpreter) rather than
+    ``sys.executable`` (the old release's venv), and hand systemd's socket over as fd 3."""
+    launcher = Path(sys.argv[0])
+    if launcher.is_absolute() and os.access(launcher, os.X_OK):
+        server.START_CTX[0] = str(launcher)
+        server.START_CTX["args"] = [str(launcher), *sys.argv[1:]]
+    if server.systemd and len(server.LISTENERS) == 1:
+        # Gunicorn dup()ed fd 3 away; a re-exec'd master looks for LISTEN_FDS from fd 3.
+        os.dup2(server.LISTENERS[0].fileno(), 3)
+
+
+def post_worker_init(worker: Any) -> None:
+    """A worker of a re-exec'd master has loaded the app: that master becomes systemd's main
+    PID (the deploy then stops the old one). Needs ``NotifyAccess=all`` in the unit."""
+    if "GUNICORN_PID" in os.environ:
+        systemd.sd_notify(f"MAINPID={os.getppid()}", worker.log)
 
 
 def logconfig(settings: Settings) -> dict[str, Any]:
@@ -101,4 +124,6 @@ def options(settings: Settings) -> dict[str, Any]:
         "on_starting": on_starting,
         "child_exit": child_exit,
         "on_exit": on_exit,
+        "pre_exec": pre_exec,
+        "post_worker_init": post_worker_init,
     }

@@ -22,12 +22,13 @@ from infra.deploys.hostops import (
     release_installed,
     render_with_secret,
     secret_file,
-    symlink_switched,
 )
 from infra.deploys.postgres import DB_CONNECTION_DEFAULTS
+from infra.deploys.release import RELEASE_DEFAULTS, release_cutover, release_tool
 from infra.deploys.templating import template
 from infra.release import Release, Target, build_release
 from infra.release.build import ReleaseBuildError
+from infra.release.preflight import PreflightError, preflight
 
 APP_DEFAULTS = {
     # PLINTH_ENVIRONMENT: production refuses placeholder secrets.
@@ -56,9 +57,14 @@ APP_DEFAULTS = {
 @cache
 def _release_for(target: Target) -> Release:
     try:
-        return build_release(target)
+        release = build_release(target)
     except ReleaseBuildError as error:
         raise DeployError(f"release build: {error}") from None
+    try:  # on the control machine, before the host is touched
+        preflight(release, target)
+    except PreflightError as error:
+        raise DeployError(f"release preflight: {error}") from None
+    return release
 
 
 def host_target() -> Target:
@@ -78,7 +84,7 @@ def database_url(data) -> str:
     )
 
 
-@deploy("App", data_defaults={**DB_CONNECTION_DEFAULTS, **APP_DEFAULTS})
+@deploy("App", data_defaults={**DB_CONNECTION_DEFAULTS, **APP_DEFAULTS, **RELEASE_DEFAULTS})
 def app() -> None:
     data = host.data
     release = _release_for(host_target())
@@ -115,9 +121,9 @@ def app() -> None:
         ],
         **migrate,
     )
-    switched = symlink_switched(
-        name=f"current -> {release.release_id}", link=layout.CURRENT_LINK, target=release_dir
-    )
+    release_tool()
+    # Switch, re-exec Gunicorn from `current`, health check through nginx; else switch back.
+    release_cutover(name=f"Cutover: current -> {release.release_id}", release_dir=release_dir)
 
     _prune(data, release_dir, artifact, current)
 
@@ -141,10 +147,10 @@ def app() -> None:
         _if=units_changed,
     )
     systemd.service(
-        name="Graceful reload (new release or settings)",
+        name="Graceful reload (new settings)",
         service=layout.SERVICE_UNIT,
         reloaded=True,
-        _if=any_changed(switched, env_changed),
+        _if=env_changed,
     )
 
 

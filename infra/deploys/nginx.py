@@ -23,6 +23,16 @@ NGINX_DEFAULTS = {
     "nginx_proxy_read_timeout": 30,
     # Idle keepalive connections nginx keeps open to the upstream socket.
     "nginx_upstream_keepalive": 16,
+    # Seconds a client may take to send its headers, between two body reads, and between two
+    # reads of the response; and an idle keepalive connection's lifetime. Slower: cut off.
+    "nginx_client_header_timeout": 10,
+    "nginx_client_body_timeout": 10,
+    "nginx_send_timeout": 10,
+    "nginx_keepalive_timeout": 30,
+    # Prediction requests per client address (nginx limit_req rate, "r/s" or "r/m") and the
+    # burst served at once above it; beyond that nginx answers 429 (problem+json).
+    "nginx_predict_rate": "20r/s",
+    "nginx_predict_burst": 40,
     # Addresses allowed to read /metrics (everyone else gets 403).
     "nginx_metrics_allow": ["127.0.0.1", "::1"],
 }
@@ -42,6 +52,7 @@ def nginx() -> None:
             name="Site: port 80, upstream to the service's socket",
             server_name=data.domain,
             upstream_keepalive=data.nginx_upstream_keepalive,
+            predict_rate=data.nginx_predict_rate,
         ),
         template(
             "nginx/plinth-app.conf.j2",
@@ -52,6 +63,11 @@ def nginx() -> None:
             proxy_send_timeout=data.nginx_proxy_send_timeout,
             proxy_read_timeout=data.nginx_proxy_read_timeout,
             metrics_allow=data.nginx_metrics_allow,
+            client_header_timeout=data.nginx_client_header_timeout,
+            client_body_timeout=data.nginx_client_body_timeout,
+            send_timeout=data.nginx_send_timeout,
+            keepalive_timeout=data.nginx_keepalive_timeout,
+            predict_burst=data.nginx_predict_burst,
         ),
         files.link(name="Site enabled", path=layout.NGINX_SITE_ENABLED, target=layout.NGINX_SITE),
     ]

@@ -1,20 +1,30 @@
 """plinth's one entry point: `pyinfra INVENTORY infra/deploys/site.py` (see README)."""
 
 from infra.deploys.app import app
+from infra.deploys.backups import backups
 from infra.deploys.base import base
+from infra.deploys.firewall import firewall
 from infra.deploys.hostops import host_roles
+from infra.deploys.logcaps import logcaps
 from infra.deploys.nginx import nginx
 from infra.deploys.postgres import postgresql
+from infra.deploys.release import deploy_lock
+from infra.deploys.sandbox import sandbox
 from infra.deploys.tls import tls
 from infra.deploys.validate import validate
 
 validate()  # bad inventory data stops the run here, before any host changes
 roles = host_roles()
+deploy_lock()  # one deploy per host at a time; held until this run's SSH connection closes
 
 base()
+firewall()  # inbound default-deny; the SSH port always stays open
 if "db" in roles:
     postgresql()
+    backups()  # nightly pg_dump; restore with infra/deploys/restore.py
 if "app" in roles:
     app()
     nginx()
+    logcaps()  # nginx logs rotated by size too
     tls()  # the HTTPS server on top of nginx's port 80 (tls_mode "off" leaves HTTP only)
+sandbox()  # systemd drop-ins over nginx and PostgreSQL, once both are installed

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +26,25 @@ REPO = Path(__file__).resolve().parents[2]
 CACHE_DIR = REPO / ".cache" / "releases"
 # What the service's wheel and its dependencies are made of.
 SOURCE_PATHS = ("pyproject.toml", "uv.lock", "README.md", "service")
+# Label a build with this revision instead of git's (a new version from the same tree: tests).
+REVISION_ENV = "PLINTH_RELEASE_REVISION"
+# Test only: "readyz" builds a release whose /readyz always answers 503 (a broken release).
+FAULT_ENV = "PLINTH_RELEASE_FAULT"
+FAULTS = {
+    "readyz": """
+
+_serving = app
+
+
+async def app(scope, receive, send):  # PLINTH_RELEASE_FAULT=readyz: deliberately broken
+    if scope["type"] == "http" and scope["path"] == "/readyz":
+        headers = [(b"content-type", b"text/plain")]
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": b"broken on purpose"})
+        return
+    await _serving(scope, receive, send)
+""",
+}
 
 
 class ReleaseBuildError(Exception):
@@ -88,8 +109,8 @@ def _source_files() -> list[Path]:
     return sorted(files)
 
 
-def _content_key(target: Target) -> str:
-    digest = hashlib.sha256()
+def _content_key(target: Target, extra: str = "") -> str:
+    digest = hashlib.sha256(extra.encode())
     for path in _source_files():
         digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
     digest.update(f"{target.python}/{target.glibc}/{target.machine}".encode())
@@ -121,13 +142,18 @@ def _add_bytes(tar: tarfile.TarFile, name: str, payload: bytes, mtime: int) -> N
 def build_release(target: Target) -> Release:
     """The artifact for `target`, from the cache when its inputs did not change."""
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
-    key = _content_key(target)
-    git_revision = _git_revision()
+    override, fault = os.environ.get(REVISION_ENV, ""), os.environ.get(FAULT_ENV, "")
+    if fault and fault not in FAULTS:
+        raise ReleaseBuildError(f"{FAULT_ENV}={fault!r}: known faults are {', '.join(FAULTS)}")
+    if override and not re.fullmatch(r"[A-Za-z0-9._-]{1,40}", override):
+        raise ReleaseBuildError(f"{REVISION_ENV}={override!r}: use 1-40 of [A-Za-z0-9._-]")
+    key = _content_key(target, f"{override}\0{fault}")
+    git_revision = override or _git_revision()
     revision = git_revision.split("+")[0][:10]
     release_id = f"{version}-{revision}-{key[:10]}"
     artifact = CACHE_DIR / f"plinth-{release_id}-py{target.python}.tar"
     if not artifact.exists():
-        _build(target, version, git_revision, release_id, artifact)
+        _build(target, version, git_revision, release_id, artifact, FAULTS.get(fault, ""))
         _prune_cache(keep=10)
     sha = hashlib.sha256(artifact.read_bytes()).hexdigest()
     return Release(release_id, version, git_revision, artifact, sha)
@@ -179,7 +205,9 @@ def _wheelhouse(target: Target, requirements: str) -> Path:
     return wheelhouse
 
 
-def _build(target: Target, version: str, git_revision: str, release_id: str, artifact: Path):
+def _build(
+    target: Target, version: str, git_revision: str, release_id: str, artifact: Path, fault: str
+):
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     requirements = _run(
         [
@@ -195,8 +223,17 @@ def _build(target: Target, version: str, git_revision: str, release_id: str, art
     )
     wheelhouse = _wheelhouse(target, requirements)
     with tempfile.TemporaryDirectory(dir=CACHE_DIR) as tmp:
-        _run(["uv", "build", "--wheel", "--out-dir", tmp])
-        (wheel,) = Path(tmp).glob("*.whl")
+        source = REPO
+        if fault:  # a patched copy of the tree; the working tree is never touched
+            source = Path(tmp) / "source"
+            for name in SOURCE_PATHS:
+                copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
+                copy(REPO / name, source / name)
+            with (source / "service" / "asgi.py").open("a") as asgi:
+                asgi.write(fault)
+        wheel_dir = Path(tmp) / "wheel"
+        _run(["uv", "build", "--wheel", "--out-dir", str(wheel_dir)], cwd=source)
+        (wheel,) = wheel_dir.glob("*.whl")
         build_time = datetime.now(UTC).replace(microsecond=0).isoformat()
         info = {
             "version": version,

@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     lab = sandbox.Sandbox(args.cache_dir / "sandbox")
+    if os.geteuid() != 0:
+        raise RehearsalError("must run as root (mmdebstrap, lxc-net, mount namespaces): try sudo")
     if args.command == "box":
         sandbox.require_tools()
         path, seconds = box.ensure_box(args.cache_dir, args.release)

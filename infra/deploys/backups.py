@@ -1,0 +1,117 @@
+"""Backups: a nightly `pg_dump -Fc` of the service's database by a systemd timer into a
+directory only postgres can read (files 0600), dumps older than the retention removed. The
+restore drill is `infra/deploys/restore.py` (`make restore`), using `restore_database` below."""
+
+from __future__ import annotations
+
+import shlex
+
+from pyinfra import host
+from pyinfra.api import DeployError, FactBase, deploy
+from pyinfra.operations import files, server, systemd
+from pyinfra.operations.util import any_changed
+
+from infra.deploys import layout
+from infra.deploys.postgres import DB_CONNECTION_DEFAULTS
+from infra.deploys.templating import template
+
+BACKUP_SCRIPT = f"/usr/local/sbin/{layout.APP_NAME}-backup"
+BACKUP_UNIT = f"{layout.APP_NAME}-backup.service"
+BACKUP_TIMER = f"{layout.APP_NAME}-backup.timer"
+
+BACKUP_DEFAULTS = {
+    **DB_CONNECTION_DEFAULTS,
+    # Where the dumps live on the database host (0700 postgres; each dump 0600).
+    "backup_dir": f"/var/backups/{layout.APP_NAME}",
+    # Days a dump is kept; the newest is never older than a day while the timer runs.
+    "backup_retention_days": 14,
+    # When the dump runs (systemd OnCalendar, host time = UTC), plus a random delay.
+    "backup_on_calendar": "*-*-* 02:30:00",
+    "backup_randomized_delay": "15min",
+}
+
+
+@deploy("Backups", data_defaults=BACKUP_DEFAULTS)
+def backups() -> None:
+    data = host.data
+    days = int(data.backup_retention_days)
+    if days < 1:
+        raise DeployError(f"backup_retention_days {days}: must be at least 1")
+    files.directory(
+        name=f"Backup directory {data.backup_dir}",
+        path=data.backup_dir,
+        mode="700",
+        user="postgres",
+        group="postgres",
+    )
+    names = {"unit": BACKUP_UNIT, "timer": BACKUP_TIMER, "script": BACKUP_SCRIPT}
+    common = {**names, "db_name": data.db_name, "backup_dir": data.backup_dir}
+    changed = [
+        template(
+            "backups/plinth-backup.sh.j2",
+            BACKUP_SCRIPT,
+            name="Backup script",
+            mode="755",
+            retention_days=days,
+            **common,
+        ),
+        template(
+            "backups/plinth-backup.service.j2",
+            f"{layout.SYSTEMD_UNIT_DIR}/{BACKUP_UNIT}",
+            name=f"{BACKUP_UNIT}",
+            **common,
+        ),
+        template(
+            "backups/plinth-backup.timer.j2",
+            f"{layout.SYSTEMD_UNIT_DIR}/{BACKUP_TIMER}",
+            name=f"{BACKUP_TIMER}",
+            on_calendar=data.backup_on_calendar,
+            randomized_delay=data.backup_randomized_delay,
+            **common,
+        ),
+    ]
+    systemd.daemon_reload(name="systemd reads the backup units", _if=any_changed(*changed))
+    systemd.service(name=f"{BACKUP_TIMER} active", service=BACKUP_TIMER, running=True, enabled=True)
+
+
+class LatestDump(FactBase):
+    """The newest dump in `directory` (full path), or None."""
+
+    def command(self, directory, db_name):
+        d = shlex.quote(directory)
+        return f"ls -1t {d}/{shlex.quote(db_name)}-*.dump 2>/dev/null | head -n 1 || true"
+
+    def process(self, output):
+        return output[0].strip() if output and output[0].strip() else None
+
+
+def chosen_dump(data, requested: str | None) -> str:
+    """A dump path on the host: `requested` (a file name in backup_dir, or an absolute path),
+    else the newest dump."""
+    if requested:
+        return requested if requested.startswith("/") else f"{data.backup_dir}/{requested}"
+    latest = host.get_fact(LatestDump, directory=data.backup_dir, db_name=data.db_name)
+    if not latest:
+        raise DeployError(f"no dump in {data.backup_dir} to restore")
+    return latest
+
+
+@deploy("Restore the database", data_defaults=BACKUP_DEFAULTS)
+def restore_database(requested: str | None = None) -> None:
+    """Replace the database's contents with a dump: the service (and its socket, which would
+    start it again) stops, pg_restore runs in one transaction, then both start again."""
+    data = host.data
+    dump = chosen_dump(data, requested)
+    d, db = shlex.quote(dump), shlex.quote(data.db_name)
+    units = f"{layout.SOCKET_UNIT} {layout.SERVICE_UNIT}"
+    server.shell(
+        name=f"Restore {dump}",
+        commands=[
+            f"test -f {d} || {{ echo 'no such dump: {d}' >&2; exit 1; }}",
+            f"systemctl stop {units}",
+            # Ownership and grants come from the dump; a failure rolls everything back, and the
+            # service starts again either way.
+            f"runuser -u postgres -- pg_restore --clean --if-exists --single-transaction "
+            f"--exit-on-error --dbname={db} {d}; rc=$?; systemctl start {units}; exit $rc",
+        ],
+    )

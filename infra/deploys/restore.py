@@ -1,0 +1,9 @@
+"""`make restore` (`pyinfra INVENTORY infra/deploys/restore.py`): restore a dump the backups
+deploy made. PLINTH_RESTORE_DUMP names it (a file name in backup_dir, or an absolute path on
+the host); unset, the newest dump is restored. See docs/operations.md."""
+
+import os
+
+from infra.deploys.backups import restore_database
+
+restore_database(os.environ.get("PLINTH_RESTORE_DUMP") or None)

@@ -1,0 +1,18 @@
+"""`make rollback`: back to the release installed before the running one, or to the one named
+in PLINTH_ROLLBACK_TO (a release id, as in /srv/plinth/releases/). The same cutover as a
+deploy: switch `current`, re-exec Gunicorn, health check through nginx, switch back on failure.
+No migrations run: the schema stays expanded, which the older release tolerates
+(docs/releases.md)."""
+
+import os
+
+from infra.deploys import layout
+from infra.deploys.release import deploy_lock, release_cutover, release_tool, rollback_target
+
+deploy_lock()
+target = rollback_target(os.environ.get("PLINTH_ROLLBACK_TO"))
+release_tool()
+release_cutover(
+    name=f"Rollback: current -> {target.removeprefix(layout.RELEASES_DIR + '/')}",
+    release_dir=target,
+)
