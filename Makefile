@@ -52,8 +52,15 @@ test: lint test-service test-infra  ## every test: lint, service, infra (boots t
 test-service:  ## the service's tests on a throwaway PostgreSQL
 	$(RUN) pytest -x -q tests/service
 
-test-infra:  ## rehearsal tool, deploy, testinfra, idempotence (boots the rehearsal host)
+# The host checks run a second time on Debian 13, on a rehearsal host of their own.
+TRIXIE_ENV := PLINTH_REHEARSAL_RELEASE=trixie PLINTH_REHEARSAL_DIR=.rehearsal-trixie \
+              PLINTH_REHEARSAL_NAME=plinth-trixie PLINTH_REHEARSAL_SUBNET=10.213.2.0/24
+TRIXIE_TESTS := $(addprefix tests/infra/,test_host_provisioning.py test_host_serving.py \
+                test_host_secrets.py test_idempotence.py test_tls.py)
+
+test-infra:  ## rehearsal tool, deploys, TLS, releases, hardening on bookworm; host checks on trixie
 	$(RUN) pytest -x -q tests/infra
+	$(TRIXIE_ENV) $(RUN) pytest -x -q $(TRIXIE_TESTS)
 
 bench:  ## the benchmarks; each prints a table
 	$(RUN) python bench/bench_service.py

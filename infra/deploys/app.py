@@ -150,7 +150,7 @@ def app() -> None:
         name="Graceful reload (new settings)",
         service=layout.SERVICE_UNIT,
         reloaded=True,
-        _if=env_changed,
+        _if=any_changed(env_changed),
     )
 
 

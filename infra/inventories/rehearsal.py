@@ -8,7 +8,9 @@ from pathlib import Path
 from pyinfra.api.exceptions import InventoryError
 
 _REPO = Path(__file__).resolve().parents[2]
-_path = Path(os.environ.get("PLINTH_REHEARSAL_HOST_JSON") or _REPO / ".rehearsal" / "host.json")
+# The rehearsal tool writes host.json into its state dir (PLINTH_REHEARSAL_DIR, default .rehearsal).
+_state_dir = Path(os.environ.get("PLINTH_REHEARSAL_DIR") or _REPO / ".rehearsal")
+_path = Path(os.environ.get("PLINTH_REHEARSAL_HOST_JSON") or _state_dir / "host.json")
 if not _path.is_file():
     raise InventoryError(f"no rehearsal host: {_path} is missing (run: make rehearse)")
 _info = json.loads(_path.read_text())

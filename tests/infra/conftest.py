@@ -24,7 +24,8 @@ SITE = "infra/deploys/site.py"
 
 
 def host_json_path() -> Path:
-    return Path(os.environ.get("PLINTH_REHEARSAL_HOST_JSON") or REPO / ".rehearsal" / "host.json")
+    state_dir = Path(os.environ.get("PLINTH_REHEARSAL_DIR") or REPO / ".rehearsal")
+    return Path(os.environ.get("PLINTH_REHEARSAL_HOST_JSON") or state_dir / "host.json")
 
 
 @dataclass
@@ -51,14 +52,18 @@ def run_deploy(*extra: str, dry: bool = False, inventory: str = INVENTORY) -> De
 
 
 @pytest.fixture(scope="session")
-def rehearsal() -> dict:
-    """The rehearsal host's host.json; `python -m infra.rehearsal up` when there is none."""
+def rehearsal():
+    """The rehearsal host's host.json; `python -m infra.rehearsal up` when there is none, and
+    then `down` at the end of the session, so a suite leaves the machine as it found it."""
     path = host_json_path()
-    if not path.is_file():
+    booted_here = not path.is_file()
+    if booted_here:
         subprocess.run([sys.executable, "-m", "infra.rehearsal", "up"], cwd=REPO, check=True)
     if not path.is_file():
         pytest.fail(f"no rehearsal host: {path} missing after `python -m infra.rehearsal up`")
-    return json.loads(path.read_text())
+    yield json.loads(path.read_text())
+    if booted_here and not os.environ.get("PLINTH_KEEP_REHEARSAL"):
+        subprocess.run([sys.executable, "-m", "infra.rehearsal", "down"], cwd=REPO, check=True)
 
 
 @pytest.fixture(scope="session")
