@@ -13,6 +13,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from service.config import Settings
 from service.tables import Prediction, RegisteredModel
 
+_INSERT_PREDICTION = insert(Prediction.__table__)
+
 
 def build_engine(
     settings: Settings, *, on_pool_change: Callable[[int], None] | None = None
@@ -51,18 +53,22 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def insert_predictions(engine: Engine, rows: Sequence[dict[str, Any]]) -> None:
-    """Write a batch atomically; returns only after its COMMIT succeeded (and, with
-    PostgreSQL's default ``synchronous_commit=on``, after the WAL reached disk).
+    """Write a batch atomically; returns only after its COMMIT succeeded (durable on disk
+    with PostgreSQL's default ``synchronous_commit=on``).
 
-    One multi-row ``INSERT ... VALUES (...), (...)`` sent in autocommit mode: PostgreSQL runs
-    a single statement as its own transaction, so the batch is stored entirely or not at all,
-    exactly as BEGIN/INSERT/COMMIT would, in one round trip instead of three (an executemany
-    would be one statement, hence one transaction, per row). The isolation level is reset
-    when the connection returns to the pool.
+    The usual batch of one is a single INSERT in autocommit mode: PostgreSQL runs a lone
+    statement as its own transaction, so this is BEGIN/INSERT/COMMIT in one round trip
+    instead of three. A larger batch is an executemany (one statement per row) and so needs
+    the explicit transaction. Both use the cached compiled statement (``.values(rows)``
+    would be recompiled per request).
     """
     with engine.connect() as connection:
-        connection.execution_options(isolation_level="AUTOCOMMIT")
-        connection.execute(insert(Prediction.__table__).values(list(rows)))
+        if len(rows) == 1:
+            connection.execution_options(isolation_level="AUTOCOMMIT")  # reset at check-in
+            connection.execute(_INSERT_PREDICTION, rows[0])
+        else:
+            with connection.begin():
+                connection.execute(_INSERT_PREDICTION, list(rows))
 
 
 def get_prediction(engine: Engine, prediction_id: uuid.UUID) -> dict[str, Any] | None:

@@ -179,8 +179,10 @@ def test_the_rehearsal_host_checks_pass_on_the_vagrant_machine(lab, machine):
         timeout=900,
     )
     lab.timings["host checks (re-deploy included)"] = round(time.monotonic() - started, 1)
+    log = lab.sandbox.root / "host-checks.log"
+    log.write_text(result.stdout + result.stderr)
     print(_tail(result, 15), file=sys.stderr)
-    assert result.returncode == 0, _tail(result, 80)
+    assert result.returncode == 0, f"{_tail(result, 40)}\n(whole output: {log})"
 
 
 def test_vagrant_destroy_leaves_nothing_behind(lab, machine):

@@ -1,0 +1,191 @@
+"""Releases on the rehearsal host (issue 5): zero-failure cutover under HTTPS traffic, the new
+code really served (not only its release.json), automatic rollback of a broken release, the
+rollback deploy, a unit restart under traffic, pruning and the deploy lock."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+
+import pytest
+from conftest import REPO, host_json_path, run_deploy
+
+from infra.deploys import layout
+
+pytestmark = pytest.mark.infra
+
+
+class Traffic:
+    """Keep-alive GET /version through nginx over HTTPS from 4 threads until stopped: every
+    non-200, connection error or timeout (10 s) is a failure; served revisions are counted."""
+
+    def __init__(self, rehearsal: dict, threads: int = 4):
+        self.address, self.domain = rehearsal["address"], rehearsal["domain"]
+        self.context = ssl.create_default_context(cafile=rehearsal["acme_root"])
+        self.revisions: Counter[str] = Counter()
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def _connection(self) -> http.client.HTTPSConnection:
+        conn = http.client.HTTPSConnection(self.domain, context=self.context, timeout=10)
+        raw = socket.create_connection((self.address, 443), timeout=10)
+        conn.sock = self.context.wrap_socket(raw, server_hostname=self.domain)
+        return conn
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn = self._connection()
+                for _ in range(50):
+                    conn.request("GET", "/version")
+                    response = conn.getresponse()
+                    body = response.read()
+                    if response.status != 200:
+                        self.failures.append(f"HTTP {response.status}")
+                    else:
+                        self.revisions[json.loads(body)["git_revision"]] += 1
+                conn.close()
+            except (OSError, http.client.HTTPException) as error:
+                self.failures.append(repr(error))
+
+    def __enter__(self):
+        for thread in self._threads:
+            thread.start()
+        time.sleep(1)
+        return self
+
+    def __exit__(self, *exc):
+        time.sleep(1)
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+
+def deploy_revision(revision: str, **env: str):
+    os.environ.update(PLINTH_RELEASE_REVISION=revision, **env)
+    try:
+        return run_deploy()
+    finally:
+        for key in ("PLINTH_RELEASE_REVISION", *env):
+            os.environ.pop(key, None)
+
+
+def ssh(rehearsal, command: str) -> str:
+    config = host_json_path().parent / "ssh_config"
+    result = subprocess.run(
+        ["ssh", "-F", str(config), "rehearsal", command], capture_output=True, text=True
+    )
+    return result.stdout.strip()
+
+
+def served_release_dirs(rehearsal) -> set[str]:
+    """Release dirs the running master and workers have mapped (their venv's native modules):
+    proof of the code that runs, unlike release.json, which follows `current`."""
+    out = ssh(
+        rehearsal,
+        f"for p in $(pgrep -u {layout.SERVICE_USER}); do cat /proc/$p/maps; done "
+        f"| grep -o '{layout.RELEASES_DIR}/[^/]*' | sort -u",
+    )
+    return set(out.split())
+
+
+def current_release(rehearsal) -> str:
+    return ssh(rehearsal, f"readlink {layout.CURRENT_LINK}")
+
+
+def test_a_new_release_goes_live_with_zero_failed_requests(first_deploy, rehearsal):
+    with Traffic(rehearsal) as traffic:
+        run = deploy_revision("test-one")
+        assert run.returncode == 0, run.stderr[-2000:]
+        with Traffic(rehearsal) as after:
+            time.sleep(2)
+    assert traffic.failures == [], traffic.failures[:5]
+    assert set(after.revisions) == {"test-one"}, after.revisions
+    # The new code itself serves (a HUP would have kept the old venv in every worker).
+    assert served_release_dirs(rehearsal) == {current_release(rehearsal)}
+
+
+def test_a_release_that_fails_readiness_is_rolled_back(first_deploy, rehearsal):
+    deploy_revision("test-one")
+    before = current_release(rehearsal)
+    with Traffic(rehearsal) as traffic:
+        run = deploy_revision("test-broken", PLINTH_RELEASE_FAULT="readyz")
+    assert run.returncode != 0
+    assert "health check through nginx" in run.stderr and "readyz: HTTP 503" in run.stderr
+    assert "rolled back to" in run.stderr
+    assert traffic.failures == [], traffic.failures[:5]
+    assert current_release(rehearsal) == before
+    with Traffic(rehearsal) as after:
+        time.sleep(2)
+    assert set(after.revisions) == {"test-one"}, after.revisions
+
+
+def test_rollback_goes_to_the_previous_release_with_zero_failed_requests(first_deploy, rehearsal):
+    deploy_revision("test-one")
+    deploy_revision("test-two")
+    env = {**os.environ, "PLINTH_REHEARSAL_HOST_JSON": str(host_json_path())}
+    args = [sys.executable, "-m", "pyinfra", "-y", "infra/inventories/rehearsal.py"]
+    with Traffic(rehearsal) as traffic:
+        run = subprocess.run(
+            [*args, "infra/deploys/rollback.py"], cwd=REPO, env=env, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        with Traffic(rehearsal) as after:
+            time.sleep(2)
+    assert traffic.failures == [], traffic.failures[:5]
+    assert set(after.revisions) == {"test-one"}, after.revisions
+
+
+def test_a_restart_of_the_unit_refuses_no_request(first_deploy, rehearsal):
+    with Traffic(rehearsal) as traffic:
+        ssh(rehearsal, f"systemctl restart {layout.SERVICE_UNIT}")
+        time.sleep(3)
+    assert traffic.failures == [], traffic.failures[:5]
+    assert sum(traffic.revisions.values()) > 100
+
+
+def test_pruning_keeps_five_releases_and_never_the_running_one(first_deploy, rehearsal):
+    for n in range(2):  # the tests before left at least 4 releases
+        assert deploy_revision(f"test-prune-{n}").returncode == 0
+    releases = ssh(rehearsal, f"ls {layout.RELEASES_DIR}").split()
+    assert len(releases) == 5, releases
+    assert current_release(rehearsal).rsplit("/", 1)[-1] in releases
+
+
+def test_a_second_deploy_fails_naming_the_lock_holder_until_it_is_broken(first_deploy, rehearsal):
+    config = host_json_path().parent / "ssh_config"
+    holder = subprocess.Popen(
+        [
+            "ssh", "-F", str(config), "rehearsal",
+            "/usr/local/sbin/plinth-release lock-acquire someone-else 0 wait; sleep 60",
+        ],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "ok"
+    try:
+        run = run_deploy()
+        assert run.returncode != 0
+        assert "deploy lock /run/lock/plinth-deploy is held by someone-else" in run.stderr
+        os.environ["PLINTH_DEPLOY_LOCK"] = "break"
+        try:
+            assert run_deploy().returncode == 0
+        finally:
+            del os.environ["PLINTH_DEPLOY_LOCK"]
+    finally:
+        holder.kill()
+
+
+def test_an_unchanged_deploy_is_a_no_op(first_deploy):
+    deploy_revision("test-idem")
+    run = deploy_revision("test-idem")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.totals["success"] == 0
