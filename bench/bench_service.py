@@ -130,7 +130,10 @@ def main() -> int:
             server.wait(timeout=60)
             log.close()
     ratio = results["predict"]["rps"] / results["healthz"]["rps"]
+    load = " ".join(f"{value:.2f}" for value in os.getloadavg())
     print(f"\nGunicorn 2 workers, {arguments.connections} connections, {arguments.duration}s each")
+    # The host may be shared: the load average says how far to trust the absolute figures.
+    print(f"load average after the run (1/5/15 min): {load}")
     print(f"{'endpoint':<10} {'rps':>10} {'p50 ms':>9} {'p99 ms':>9} {'non-2xx':>8}")
     for name, result in results.items():
         print(

@@ -226,6 +226,7 @@ def _build(
         source = REPO
         if fault:  # a patched copy of the tree; the working tree is never touched
             source = Path(tmp) / "source"
+            source.mkdir()
             for name in SOURCE_PATHS:
                 copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
                 copy(REPO / name, source / name)

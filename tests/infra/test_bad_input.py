@@ -52,7 +52,7 @@ def test_prediction_flood_gets_429_in_the_problem_shape(host, rehearsal):
     statuses = [status for status, _, _ in answers]
     assert set(statuses) <= {200, 429}, statuses
     assert statuses.count(429) > 0 and statuses.count(200) > 0, statuses
-    status, headers, body = next(answer for answer in answers if answer[0] == 429)
+    _, headers, body = next(answer for answer in answers if answer[0] == 429)
     _is_problem(headers, body, 429)
     time.sleep(3)
     assert request(rehearsal, "GET", "/readyz")[0] == 200  # other routes were never limited

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -172,6 +173,10 @@ def test_slow_model_times_out_with_504_and_stores_nothing(
 ) -> None:
     body = assert_problem(predict(client, [{"value": 1}], model="sleepy"), 504)
     assert "sleepy" in body["detail"]
+    assert db.execute("SELECT count(*) FROM predictions").fetchone() == (0,)
+    # Inference and the write share one worker thread: once the abandoned inference finishes
+    # (the sleepy model takes 1s), that thread must still not write.
+    time.sleep(1.0)
     assert db.execute("SELECT count(*) FROM predictions").fetchone() == (0,)
 
 

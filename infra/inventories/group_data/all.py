@@ -3,3 +3,24 @@ set here only what differs from those defaults everywhere."""
 
 # Connect as root unless an inventory says otherwise (production may use a sudo user).
 ssh_user = "root"
+
+# --- hardening and operations (issue 6; docs/operations.md) -------------------------------------
+# Firewall (infra/deploys/firewall.py): inbound TCP ports open to everyone; all else dropped.
+firewall_tcp_ports = [22, 80, 443]
+# The SSH port; the firewall deploy refuses a port list without it.
+ssh_port = 22
+# Backups (infra/deploys/backups.py): nightly pg_dump -Fc, kept this many days.
+backup_dir = "/var/backups/plinth"
+backup_retention_days = 14
+backup_on_calendar = "*-*-* 02:30:00"
+# nginx (infra/deploys/nginx.py): prediction rate limit per client address, and its burst.
+nginx_predict_rate = "20r/s"
+nginx_predict_burst = 40
+# nginx: seconds a slow client gets for its headers, between body reads, and between reads.
+nginx_client_header_timeout = 10
+nginx_client_body_timeout = 10
+nginx_send_timeout = 10
+# nginx logs (infra/deploys/logcaps.py): rotated past this size (hourly check), copies kept.
+nginx_log_max_size = "100M"
+nginx_log_rotate = 14
+# --- end hardening and operations ---------------------------------------------------------------
