@@ -39,14 +39,14 @@ def _setting(key: str):
 
 def tool_vars() -> dict[str, object]:
     """What `plinth-release` is rendered with: the health check's address and trust anchor."""
-    from infra.deploys.tls import LETSENCRYPT_DIR  # tls -> validate -> app -> here
+    from infra.deploys.tls import LETSENCRYPT_DIR, SELF_SIGNED_DIR  # tls -> validate -> app
 
     data = host.data
     mode = data.get("tls_mode", "acme")
     name = data.get("tls_cert_name", layout.APP_NAME)
     ca = {
         "acme": f"{LETSENCRYPT_DIR}/live/{name}/chain.pem",  # the issuer as a partial chain
-        "self-signed": f"{LETSENCRYPT_DIR}/live/{name}/fullchain.pem",
+        "self-signed": f"{SELF_SIGNED_DIR}/self-signed.crt",
     }.get(mode, "")
     return {
         "domain": data.domain,

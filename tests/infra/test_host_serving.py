@@ -1,67 +1,50 @@
-"""The deployed service answers through nginx, and what it stores lands in PostgreSQL."""
+"""The deployed service answers through nginx over HTTPS, and what it stores lands in
+PostgreSQL."""
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 import uuid
 
 import pytest
 
+from tests.infra.https_client import IRIS, PREDICT_PATH, request
+
 pytestmark = pytest.mark.infra
 
-IRIS = {
-    "sepal_length_cm": 5.1,
-    "sepal_width_cm": 3.5,
-    "petal_length_cm": 1.4,
-    "petal_width_cm": 0.2,
-}
 
-
-def _request(base_url, path, body=None, domain=None):
-    data = json.dumps(body).encode() if body is not None else None
-    headers = {"Content-Type": "application/json"} if data else {}
-    if domain:
-        headers["Host"] = domain
-    request = urllib.request.Request(base_url + path, data=data, headers=headers)  # noqa: S310
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read()
-
-
-def test_readyz_through_nginx_is_200(host, base_url, rehearsal):
-    status, headers, body = _request(base_url, "/readyz", domain=rehearsal["domain"])
+def test_readyz_through_nginx_is_200(host, rehearsal):
+    status, headers, body = request(rehearsal, "GET", "/readyz")
     assert status == 200, body
-    assert headers.get("Server") == "nginx"  # server_tokens off: no version
+    assert headers.get("server") == "nginx"  # server_tokens off: no version
 
 
-def test_a_prediction_through_nginx_is_stored_in_postgresql(host, base_url):
-    status, _, body = _request(base_url, "/v1/models/iris/predict", {"inputs": [IRIS]})
+def test_a_prediction_through_nginx_is_stored_in_postgresql(host, rehearsal):
+    status, _, body = request(rehearsal, "POST", PREDICT_PATH, {"inputs": [IRIS]})
     assert status == 200, body
-    prediction_id = str(uuid.UUID(json.loads(body)["predictions"][0]["id"]))  # a UUID, quoted
+    prediction_id = str(uuid.UUID(body["predictions"][0]["id"]))  # a UUID, safe to quote
     query = f"select count(*) from predictions where id = '{prediction_id}'"  # noqa: S608
     count = host.check_output(f'runuser -u postgres -- psql -d plinth -tAc "{query}"')
     assert count == "1"
 
 
-def test_request_id_from_nginx_reaches_the_service_and_the_access_log(host, base_url):
-    status, headers, _ = _request(base_url, "/healthz")
+def test_request_id_from_nginx_reaches_the_service_and_the_access_log(host, rehearsal):
+    status, headers, _ = request(rehearsal, "GET", "/healthz")
     assert status == 200
-    request_id = headers.get("x-request-id") or headers.get("X-Request-ID")
+    request_id = headers.get("x-request-id")
     assert request_id
     assert host.run(f"grep -q request_id={request_id} /var/log/nginx/plinth.access.log").rc == 0
 
 
-def test_metrics_only_from_the_host_itself(host, base_url):
-    status, _, _ = _request(base_url, "/metrics")
+def test_metrics_only_from_the_host_itself(host, rehearsal):
+    status, _, _ = request(rehearsal, "GET", "/metrics")
     assert status == 403
-    assert (
-        host.check_output("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1/metrics")
-        == "200"
+    domain = rehearsal["domain"]
+    on_host = host.check_output(
+        "curl -sk -o /dev/null -w '%%{http_code}' --resolve %s:443:127.0.0.1 https://%s/metrics",
+        domain,
+        domain,
     )
+    assert on_host == "200"
 
 
 def test_nginx_configuration_validates(host):
