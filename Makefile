@@ -30,6 +30,9 @@ ssh:  ## a shell on the rehearsal host
 logs:  ## follow the service's journal on the rehearsal host
 	ssh -F .rehearsal/ssh_config rehearsal journalctl -u plinth.service -f -o cat
 
+rollback:  ## rehearsal back to the previous release (or PLINTH_ROLLBACK_TO=<release id>), health-checked
+	$(PYINFRA) infra/inventories/rehearsal.py infra/deploys/rollback.py
+
 deploy-production:  ## deploy to PLINTH_HOST (see README: production)
 	$(PYINFRA) infra/inventories/production.py infra/deploys/site.py
 
@@ -65,6 +68,7 @@ test-infra:  ## rehearsal tool, deploys, TLS, releases, hardening on bookworm; h
 bench:  ## the benchmarks; each prints a table
 	$(RUN) python bench/bench_service.py
 	$(RUN) python bench/bench_rehearsal.py
+	$(RUN) python bench/bench_release.py
 
 # --- Vagrant (issue 7; infra/vagrant/README.md) -------------------------------------------------
 VAGRANT_PROVIDER ?=
