@@ -12,8 +12,10 @@ systemd's ``LISTEN_PID`` matches.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +26,7 @@ from gunicorn import systemd
 from service.config import Settings
 
 WORKER_CLASS = "uvicorn_worker.UvicornWorker"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _choose_metrics_dir() -> tuple[Path, bool]:
@@ -70,6 +73,18 @@ def pre_exec(server: Any) -> None:
     if server.systemd and len(server.LISTENERS) == 1:
         # Gunicorn dup()ed fd 3 away; a re-exec'd master looks for LISTEN_FDS from fd 3.
         os.dup2(server.LISTENERS[0].fileno(), 3)
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """In the new worker: die with the master. Gunicorn's sync workers poll their parent, but
+    uvicorn workers never do, so a SIGKILLed master would leave them serving old code from the
+    inherited socket wherever systemd cannot kill the whole cgroup (containers, KillMode=
+    process). The kernel's parent-death signal needs no polling; prctl has no stdlib wrapper."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        worker.log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %s", ctypes.get_errno())
+    if os.getppid() != server.pid:  # the master died before the signal was armed
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def post_worker_init(worker: Any) -> None:
@@ -126,4 +141,5 @@ def options(settings: Settings) -> dict[str, Any]:
         "on_exit": on_exit,
         "pre_exec": pre_exec,
         "post_worker_init": post_worker_init,
+        "post_fork": post_fork,
     }

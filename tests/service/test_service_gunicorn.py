@@ -290,3 +290,27 @@ def test_serves_from_systemd_socket_passed_as_fd_3(
         assert access[0]["client"] == "198.51.100.7"
     finally:
         _stop(served)
+
+
+def test_workers_exit_when_the_master_is_killed(serve_environment: dict[str, str], tmp_path: Path):
+    """A SIGKILLed master must not leave uvicorn workers serving from the inherited socket
+    (where systemd cannot kill the whole cgroup they would serve old code forever)."""
+    port = free_port()
+    serve_environment["PLINTH_BIND"] = f"127.0.0.1:{port}"
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+    served = _start(["plinth", "serve"], serve_environment, tmp_path, client)
+    try:
+        workers = subprocess.run(
+            ["pgrep", "-P", str(served.process.pid)], capture_output=True, text=True, check=True
+        ).stdout.split()
+        assert len(workers) == 2
+        served.process.kill()
+        served.process.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        alive = workers
+        while alive and time.monotonic() < deadline:
+            alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+            time.sleep(0.2)
+        assert alive == [], f"workers outlived their master: {alive}"
+    finally:
+        _stop(served)
