@@ -17,6 +17,7 @@ CURRENT_LINK = f"{APP_ROOT}/current"
 RELEASE_INFO_FILE = f"{CURRENT_LINK}/release.json"
 SERVICE_EXECUTABLE = f"{CURRENT_LINK}/venv/bin/{APP_NAME}"
 INSTALLED_MARKER = ".installed"  # written last into a release dir: the install completed
+LIVE_MARKER = ".live"  # written once a release served healthy: what a rollback may go back to
 
 # Configuration and secrets.
 CONFIG_DIR = f"/etc/{APP_NAME}"

@@ -122,9 +122,13 @@ class InstalledReleases(FactBase):
 
 
 def rollback_target(named: str | None) -> str:
-    """The named release, else the one installed before the running one."""
+    """The named release, else the newest one installed before the running one that served
+    healthy once (a release whose cutover failed its health check is never a target)."""
     releases = host.get_fact(
         InstalledReleases, directory=layout.RELEASES_DIR, marker=layout.INSTALLED_MARKER
+    )
+    went_live = set(
+        host.get_fact(InstalledReleases, directory=layout.RELEASES_DIR, marker=layout.LIVE_MARKER)
     )
     current = (host.get_fact(Link, path=layout.CURRENT_LINK) or {}).get("link_target")
     if named:
@@ -134,6 +138,7 @@ def rollback_target(named: str | None) -> str:
             raise DeployError(f"rollback: no installed release {named!r} (installed: {names})")
         return wanted
     older = releases[: releases.index(current)] if current in releases else []
+    older = [release for release in older if release in went_live]
     if not older:
-        raise DeployError(f"rollback: no release installed before {current}")
+        raise DeployError(f"rollback: no healthy release installed before {current}")
     return older[-1]
