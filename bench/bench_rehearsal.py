@@ -1,12 +1,12 @@
-"""Benchmark of the rehearsal host: rootfs build (cold, cached), boot to SSH, in seconds.
+"""Benchmark of the rehearsal host: rootfs build (cold, cached), boot to SSH, first deploy,
+no-op re-deploy and app-only re-deploy, in seconds.
 
 Run as root: `uv run python bench/bench_rehearsal.py [--release trixie] [--skip-cold]`.
 It boots its own rehearsal (name plinth-bench, subnet 10.213.251.0/24, temporary state and, for
 the cold build, a temporary cache), so it runs beside a live rehearsal and leaves nothing.
 
-Rows come from the functions in BENCHMARKS, each returning rows for the table: add a function
-(e.g. deploy timings against the booted host, reading `ctx.state_dir / "host.json"`) to extend
-it. Not a test: it prints figures, it does not judge them.
+Rows come from the functions in BENCHMARKS, each returning rows for the table. Not a test: it
+prints figures, it does not judge them.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 NAME = "plinth-bench"
 SUBNET = "10.213.251.0/24"
+SITE_DEPLOY = ("infra/inventories/rehearsal.py", "infra/deploys/site.py")
 
 
 @dataclass
@@ -100,12 +101,50 @@ def bench_cached(ctx: Context) -> list[Row]:
     ]
 
 
+def _deploy(ctx: Context, **env: str) -> float:
+    """`pyinfra -y --json` of site.py against the bench host; its wall time."""
+    environment = {
+        **ctx.env(ctx.cold_cache),
+        "PLINTH_REHEARSAL_HOST_JSON": str(ctx.state_dir / "host.json"),
+        **env,
+    }
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "pyinfra", "-y", "--json", *SITE_DEPLOY],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"bench: deploy failed: {result.stderr.strip().splitlines()[-1:]}")
+    return time.monotonic() - started
+
+
+def bench_deploys(ctx: Context) -> list[Row]:
+    """First deploy of the fresh host, an unchanged re-deploy, then an app-only release."""
+    first = _deploy(ctx)
+    noop = _deploy(ctx)
+    app_only = _deploy(ctx, PLINTH_RELEASE_REVISION=f"bench-{int(time.time())}")
+    return [
+        Row("first deploy", first, "apt, PostgreSQL, nginx, TLS from pebble, release"),
+        Row("no-op re-deploy", noop, f"{100 * noop / first:.0f}% of the first"),
+        Row("app-only re-deploy", app_only, "new release: build, upload, cutover, health check"),
+    ]
+
+
 def bench_down(ctx: Context) -> list[Row]:
     return [Row("down", ctx.rehearsal("down", cache=ctx.cold_cache))]
 
 
-# Add rows here (e.g. first deploy, no-op re-deploy) before bench_down, which removes the host.
-BENCHMARKS: list[Callable[[Context], list[Row]]] = [bench_cold, bench_cached, bench_down]
+# bench_down last: it removes the host the rows before it use.
+BENCHMARKS: list[Callable[[Context], list[Row]]] = [
+    bench_cold,
+    bench_cached,
+    bench_deploys,
+    bench_down,
+]
 
 
 def print_table(rows: list[Row], release: str) -> None:
