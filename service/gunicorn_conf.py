@@ -12,12 +12,13 @@ systemd's ``LISTEN_PID`` matches.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,6 @@ from gunicorn import systemd
 from service.config import Settings
 
 WORKER_CLASS = "uvicorn_worker.UvicornWorker"
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _choose_metrics_dir() -> tuple[Path, bool]:
@@ -75,16 +75,21 @@ def pre_exec(server: Any) -> None:
         os.dup2(server.LISTENERS[0].fileno(), 3)
 
 
+def _exit_with_master(master_pid: int) -> None:
+    while os.getppid() == master_pid:
+        time.sleep(1)
+    os.kill(os.getpid(), signal.SIGTERM)  # graceful: in-flight requests finish
+
+
 def post_fork(server: Any, worker: Any) -> None:
-    """In the new worker: die with the master. Gunicorn's sync workers poll their parent, but
-    uvicorn workers never do, so a SIGKILLed master would leave them serving old code from the
-    inherited socket wherever systemd cannot kill the whole cgroup (containers, KillMode=
-    process). The kernel's parent-death signal needs no polling; prctl has no stdlib wrapper."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
-        worker.log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %s", ctypes.get_errno())
-    if os.getppid() != server.pid:  # the master died before the signal was armed
-        os.kill(os.getpid(), signal.SIGTERM)
+    """In the new worker: leave when the master is gone. Gunicorn's sync workers poll their
+    parent, but uvicorn workers never do, so a SIGKILLed master would leave them serving old
+    code from the inherited socket wherever systemd cannot kill the whole cgroup (containers,
+    KillMode=process). Polled rather than prctl(PR_SET_PDEATHSIG): that signal fires when the
+    forking *thread* ends, which dropped live workers during a USR2 release cutover."""
+    threading.Thread(
+        target=_exit_with_master, args=(worker.ppid,), name="exit-with-master", daemon=True
+    ).start()
 
 
 def post_worker_init(worker: Any) -> None:
