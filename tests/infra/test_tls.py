@@ -354,3 +354,24 @@ def test_bad_tls_data_fails_before_any_change_with_one_line(first_deploy, data, 
     errors = [text for text in run.stderr.splitlines() if "pyinfra error" in text]
     assert len(errors) == 1 and line in errors[0], run.stderr[-2000:]
     assert "Starting operation" not in run.stderr  # nothing ran on the host
+
+
+def _served_names(target) -> list[str]:
+    cert = _served_certificate(target)
+    names = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+    return sorted(names.get_values_for_type(x509.DNSName))
+
+
+def test_changing_the_domain_list_reissues_and_an_unchanged_one_does_not(target):
+    """A second name makes certbot issue a new certificate naming both; the same list again
+    changes nothing; back to the one name, the certificate follows."""
+    extra = f"www.{target['domain']}"
+    both = f"tls_domains={target['domain']},{extra}"
+    try:
+        assert run_deploy("--data", both).returncode == 0
+        assert _served_names(target) == sorted([target["domain"], extra])
+        again = run_deploy("--data", both)
+        assert again.returncode == 0 and again.totals["success"] == 0
+    finally:
+        assert run_deploy().returncode == 0
+    assert _served_names(target) == [target["domain"]]
