@@ -17,6 +17,7 @@ from infra.deploys import layout
 from infra.deploys.hostops import (
     HostPython,
     PathsFresh,
+    config_directory,
     host_roles,
     pruned,
     release_installed,
@@ -188,13 +189,7 @@ def _env_file(data):
         "GRACEFUL_TIMEOUT_SECONDS": data.app_graceful_timeout_seconds,
         **{key.upper(): value for key, value in dict(data.app_extra_env).items()},
     }
-    files.directory(
-        name="Config directory",
-        path=layout.CONFIG_DIR,
-        mode="750",
-        user="root",
-        group=layout.SERVICE_GROUP,
-    )
+    config_directory()
     secret = []
     if "db" not in host_roles():  # on a db host the postgres deploy made it already
         secret.append(

@@ -7,7 +7,7 @@ import shlex
 
 from pyinfra import host
 from pyinfra.api import FactBase, operation
-from pyinfra.facts.files import File, Link
+from pyinfra.facts.files import File
 
 
 class HostPython(FactBase):
@@ -125,15 +125,20 @@ def release_installed(release_dir: str, artifact: str, marker: str):
     )
 
 
-@operation()
-def symlink_switched(link: str, target: str):
-    """Point `link` at `target` atomically: a new link renamed over the old one."""
-    current = host.get_fact(Link, path=link)
-    if current and current.get("link_target") == target:
-        host.noop(f"{link} -> {target}")
-        return
-    lk, tg = shlex.quote(link), shlex.quote(target)
-    yield f"ln -sfn {tg} {lk}.new && mv -fT {lk}.new {lk}"
+def config_directory():
+    """/etc/plinth (750 root:plinth): the postgres deploy keeps the password there and the
+    app deploy the env file; whichever runs on a host first makes it."""
+    from pyinfra.operations import files
+
+    from infra.deploys import layout
+
+    files.directory(
+        name="Config directory",
+        path=layout.CONFIG_DIR,
+        mode="750",
+        user="root",
+        group=layout.SERVICE_GROUP,
+    )
 
 
 def host_roles() -> set[str]:

@@ -6,10 +6,15 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.server import LinuxDistribution
-from pyinfra.operations import apt, files, postgres, systemd
+from pyinfra.operations import apt, postgres, systemd
 
 from infra.deploys import layout
-from infra.deploys.hostops import PasswordAccepted, role_password, secret_file
+from infra.deploys.hostops import (
+    PasswordAccepted,
+    config_directory,
+    role_password,
+    secret_file,
+)
 from infra.deploys.templating import template
 
 DB_CONNECTION_DEFAULTS = {
@@ -103,13 +108,7 @@ def postgresql() -> None:
         encoding="UTF8",
         **as_postgres,
     )
-    files.directory(
-        name="Config directory",
-        path=layout.CONFIG_DIR,
-        mode="750",
-        user="root",
-        group=layout.SERVICE_GROUP,
-    )
+    config_directory()
     password = secret_file(
         name="Database password generated on the host", path=layout.DB_PASSWORD_FILE
     )
