@@ -5,7 +5,8 @@ PYINFRA := $(RUN) pyinfra -y
 RELEASE ?= bookworm
 
 .PHONY: help rehearse rehearse-down deploy-rehearsal restore ssh logs deploy-production \
-        deploy-production-dry dev lint format test test-service test-infra bench
+        deploy-production-dry dev lint format test test-service test-infra test-infra-bookworm \
+        test-infra-trixie test-rehearsal-tool bench
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-24s %s\n", $$1, $$2}'
@@ -50,7 +51,12 @@ format:  ## apply ruff's formatting and safe fixes
 	$(RUN) ruff check --fix .
 	$(RUN) ruff format .
 
-test: lint test-service test-infra  ## every test: lint, service, infra (boots the rehearsal host)
+# `make test` runs three lanes side by side (scripts/parallel_make.py): most of the time is spent
+# waiting on hosts booting and deploying, not on the 2 CPUs, and the lanes use hosts of their own.
+TEST_LANES := "test-service test-infra-trixie" "test-infra-bookworm" "test-rehearsal-tool test-vagrant"
+
+test: lint  ## every test: lint, then service, infra on bookworm and trixie, rehearsal tool, Vagrant
+	$(RUN) python scripts/parallel_make.py $(TEST_LANES)
 
 test-service:  ## the service's tests on a throwaway PostgreSQL
 	$(RUN) pytest -x -q tests/service
@@ -60,10 +66,19 @@ TRIXIE_ENV := PLINTH_REHEARSAL_RELEASE=trixie PLINTH_REHEARSAL_DIR=.rehearsal-tr
               PLINTH_REHEARSAL_NAME=plinth-trixie PLINTH_REHEARSAL_SUBNET=10.213.2.0/24
 TRIXIE_TESTS := $(addprefix tests/infra/,test_host_provisioning.py test_host_serving.py \
                 test_host_secrets.py test_idempotence.py test_tls.py)
+# These two boot machines of their own (tool hosts on 10.213.250-251, the Vagrant machine).
+OWN_HOST_TESTS := tests/infra/test_rehearsal_tool.py tests/infra/test_vagrant.py
 
-test-infra:  ## rehearsal tool, deploys, TLS, releases, hardening on bookworm; host checks on trixie
-	$(RUN) pytest -x -q tests/infra
+test-infra: test-infra-bookworm test-infra-trixie test-rehearsal-tool test-vagrant  ## all infra tests, one after another
+
+test-infra-bookworm:  ## deploys, TLS, releases, hardening on a bookworm rehearsal host
+	$(RUN) pytest -x -q tests/infra $(addprefix --ignore=,$(OWN_HOST_TESTS))
+
+test-infra-trixie:  ## the host checks again on a Debian 13 rehearsal host
 	$(TRIXIE_ENV) $(RUN) pytest -x -q $(TRIXIE_TESTS)
+
+test-rehearsal-tool:  ## the rehearsal tool's own tests (boots and breaks hosts of its own)
+	$(RUN) pytest -x -q tests/infra/test_rehearsal_tool.py
 
 bench:  ## the benchmarks; each prints a table
 	$(RUN) python bench/bench_service.py

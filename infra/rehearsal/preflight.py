@@ -64,7 +64,8 @@ def require_tools(settings: Settings) -> None:
         )
     say(f"installing host packages: {' '.join(packages)}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    argv = ["apt-get", "install", "-y", "-q", *packages]
+    # The test lanes run side by side and may install at the same time: wait for dpkg's lock.
+    argv = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "-q", *packages]
     result = run(argv, check=False, env=env, timeout=600)
     if result.returncode != 0:
         # Stale package lists are the usual cause: refresh once and retry.

@@ -53,7 +53,9 @@ def require_tools() -> None:
     if not packages:
         return
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    argv = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *sorted(packages)]
+    # Other test lanes may be installing too: wait for dpkg's lock rather than fail.
+    lock = ["-o", "DPkg::Lock::Timeout=600"]
+    argv = ["apt-get", *lock, "install", "-y", "-q", "--no-install-recommends", *sorted(packages)]
     if run(argv, check=False, env=env, timeout=600).returncode != 0:
         run(["apt-get", "update", "-q"], check=False, env=env, timeout=600)
         run(argv, what=f"installing {' '.join(sorted(packages))}", env=env, timeout=600)
