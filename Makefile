@@ -25,11 +25,14 @@ restore:  ## restore a database dump (PLINTH_RESTORE_DUMP=file, default the newe
 rehearse-down:  ## stop the rehearsal host and remove everything it made on this machine
 	$(RUN) python -m infra.rehearsal down
 
-ssh:  ## a shell on the rehearsal host
-	ssh -F .rehearsal/ssh_config rehearsal
+# After its first deploy a host lets only the deploy user in (infra/deploys/layout.py DEPLOY_USER).
+DEPLOY_USER := deploy
+
+ssh:  ## a shell on the rehearsal host, as the deploy user (sudo without a password)
+	ssh -F .rehearsal/ssh_config -l $(DEPLOY_USER) rehearsal
 
 logs:  ## follow the service's journal on the rehearsal host
-	ssh -F .rehearsal/ssh_config rehearsal journalctl -u plinth.service -f -o cat
+	ssh -F .rehearsal/ssh_config -l $(DEPLOY_USER) rehearsal sudo journalctl -u plinth.service -f -o cat
 
 rollback:  ## rehearsal back to the previous release (or PLINTH_ROLLBACK_TO=<release id>), health-checked
 	$(PYINFRA) infra/inventories/rehearsal.py infra/deploys/rollback.py

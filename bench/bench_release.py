@@ -1,12 +1,25 @@
-"""An app-only release under HTTPS load through nginx (issue 5): the deploy's duration and the
-p50/p99/max latency and error count of the traffic during it, as a table.
-Targets: under 20 s, 0 errors, p99 under 500 ms. Run: `make bench-release` (rehearsal host up).
-Not done yet: the nginx+TLS vs unix-socket throughput ratio (wrk cannot speak to a unix socket)."""
+"""Releases under load on the rehearsal host (issue 5), as a table.
+
+1. An app-only release under HTTPS load through nginx (4 keep-alive clients on this machine
+   asking /version): the deploy's duration and the p50/p99/max latency and error count of the
+   traffic during it. Targets: under 20 s, 0 errors, p99 under 500 ms. The artifact is built
+   and preflighted before the clock starts (a `--dry` run of the same deploy), so the time is
+   the release as the host sees it: facts, upload, install, migrate, cutover, health check.
+2. Steady-state throughput of GET /healthz and of a prediction through nginx with TLS, each as
+   a ratio to the same request sent straight to Gunicorn's unix socket. Both paths are driven
+   on the host by the same client (bench/loadgen.py, shipped over SSH), so only the path
+   differs; the client shares the host's cores with nginx and Gunicorn. Target: at least 70%.
+
+Uses the rehearsal host named by PLINTH_REHEARSAL_HOST_JSON or PLINTH_REHEARSAL_DIR (as the
+tests do); boots one (and removes it afterwards) when there is none.
+Run: `.cache/tools/bin/uv run --frozen python bench/bench_release.py [--seconds 10]`."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import threading
@@ -15,12 +28,28 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "infra"))
+from conftest import host_json_path, ssh_argv  # noqa: E402  (the host the tests use)
 from test_releases import Traffic  # noqa: E402  (the same client the tests use)
 
-HOST_JSON = Path(os.environ.get("PLINTH_REHEARSAL_HOST_JSON") or REPO / ".rehearsal/host.json")
+from infra.deploys import layout  # noqa: E402
+
+DEPLOY = ("infra/inventories/rehearsal.py", "infra/deploys/site.py")
+LOADGEN = Path(__file__).with_name("loadgen.py")
+PREDICTION = {
+    "inputs": [
+        {
+            "sepal_length_cm": 5.1,
+            "sepal_width_cm": 3.5,
+            "petal_length_cm": 1.4,
+            "petal_width_cm": 0.2,
+        }
+    ]
+}
 
 
 class TimedTraffic(Traffic):
+    """Traffic that also records each request's latency (request sent to body read)."""
+
     def __init__(self, rehearsal):
         super().__init__(rehearsal)
         self.latencies: list[float] = []
@@ -28,59 +57,179 @@ class TimedTraffic(Traffic):
 
     def _connection(self):
         conn = super()._connection()
-        request = conn.request
+        request, getresponse = conn.request, conn.getresponse
 
         def timed(*args, **kwargs):
             conn._started = time.perf_counter()
             return request(*args, **kwargs)
 
-        getresponse = conn.getresponse
-
         def timed_response():
             response = getresponse()
-            response.read = _reader(response.read, conn._started, self)
+            read = response.read
+
+            def timed_read(*args):
+                body = read(*args)
+                with self._lock:
+                    self.latencies.append(time.perf_counter() - conn._started)
+                return body
+
+            response.read = timed_read
             return response
 
         conn.request, conn.getresponse = timed, timed_response
         return conn
 
 
-def _reader(read, started, traffic):
-    def wrapped(*args):
-        body = read(*args)
-        with traffic._lock:
-            traffic.latencies.append(time.perf_counter() - started)
-        return body
+def pyinfra(*args: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PLINTH_REHEARSAL_HOST_JSON": str(host_json_path()), **env}
+    return subprocess.run(
+        [sys.executable, "-m", "pyinfra", "-y", *args, *DEPLOY],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+    )
 
-    return wrapped
+
+def checked(run: subprocess.CompletedProcess, what: str) -> subprocess.CompletedProcess:
+    if run.returncode != 0:
+        last = [line for line in run.stderr.splitlines() if line.strip()][-3:]
+        raise SystemExit(f"bench: {what} failed: {' | '.join(last)}")
+    return run
+
+
+def release_under_load(rehearsal) -> list[tuple[str, str, str]]:
+    revision = f"bench-{int(time.time())}"
+    checked(pyinfra("--dry", PLINTH_RELEASE_REVISION=revision), "building the release")
+    with TimedTraffic(rehearsal) as traffic:
+        started = time.monotonic()
+        lines = []  # (seconds since start, line) of pyinfra's output, for the phases
+        environment = {**os.environ, "PLINTH_REHEARSAL_HOST_JSON": str(host_json_path())}
+        with subprocess.Popen(
+            [sys.executable, "-m", "pyinfra", "-y", "-vvv", *DEPLOY],
+            cwd=REPO,
+            env={**environment, "PLINTH_RELEASE_REVISION": revision},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ) as run:
+            for line in run.stdout:
+                lines.append((time.monotonic() - started, line.rstrip()))
+        seconds = time.monotonic() - started
+    output = "\n".join(line for _, line in lines)
+    checked(subprocess.CompletedProcess(run.args, run.returncode, "", output), "the release")
+    operations_start = next((t for t, line in lines if "Beginning operation run" in line), 0.0)
+    cutover = next(
+        (line.split("healthy (")[-1].rstrip(")") for _, line in lines
+         if "plinth-release: current ->" in line and "healthy (" in line),
+        "?",
+    )  # fmt: skip
+    if traffic.failures:  # say which, beside the count in the table
+        print(f"bench: failed requests during the release: {traffic.failures[:5]}")
+    latencies = sorted(traffic.latencies) or [0.0]
+
+    def ms(p: float) -> str:
+        return f"{latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1000:.1f} ms"
+
+    served = set(traffic.revisions)
+    return [
+        ("release: deploy duration", f"{seconds:.1f} s", "< 20 s"),
+        ("release: of which connect, facts, plan", f"{operations_start:.1f} s", ""),
+        ("release: of which cutover + health check", cutover, ""),
+        ("release: requests during it", str(len(traffic.latencies)), ""),
+        ("release: errors", str(len(traffic.failures)), "0"),
+        ("release: p50 latency", ms(50), ""),
+        ("release: p99 latency", ms(99), "< 500 ms"),
+        ("release: max latency", ms(100), ""),
+        ("release: revisions served", ", ".join(sorted(served)), f"the old, then {revision}"),
+    ]
+
+
+def loadgen(rehearsal, target: str, method: str, path: str, body: str, args) -> dict:
+    """bench/loadgen.py run on the host as root (through the deploy user's sudo: a deployed
+    host refuses root logins), which may connect to Gunicorn's socket."""
+    remote = [
+        "python3", "-", target, method, path, "--host", args.domain,
+        "--connections", str(args.connections), "--seconds", str(args.seconds),
+    ]  # fmt: skip
+    if body:
+        remote += ["--body", body]
+    run = subprocess.run(
+        ssh_argv(rehearsal, shlex.join(remote)),
+        stdin=LOADGEN.open("rb"),
+        capture_output=True,
+    )
+    if run.returncode != 0:
+        raise SystemExit(f"bench: loadgen on the host failed: {run.stderr.decode()[-500:]}")
+    return json.loads(run.stdout)
+
+
+def throughput_ratios(rehearsal, args) -> list[tuple[str, str, str]]:
+    args.domain = rehearsal["domain"]
+    via_nginx = f"tls:127.0.0.1:443:{args.domain}"
+    direct = f"unix:{layout.SOCKET_PATH}"
+    requests = {
+        "GET /healthz": ("GET", "/healthz", ""),
+        "POST predict": ("POST", "/v1/models/iris/predict", json.dumps(PREDICTION)),
+    }
+    rows = []
+    for name, (method, path, body) in requests.items():
+        results = {via_nginx: [], direct: []}
+        for round_ in range(args.rounds):  # A B B A ...: a drift in the machine's load hits both
+            for target in (direct, via_nginx)[:: 1 if round_ % 2 == 0 else -1]:
+                results[target].append(loadgen(rehearsal, target, method, path, body, args))
+        rps = {target: sum(r["rps"] for r in runs) / len(runs) for target, runs in results.items()}
+        errors = {target: sum(r["errors"] for r in runs) for target, runs in results.items()}
+        p99 = {target: max(r["p99_ms"] for r in runs) for target, runs in results.items()}
+        ratio = rps[via_nginx] / rps[direct] if rps[direct] else 0.0
+        for target, runs in results.items():
+            if errors[target]:  # say why, in the table
+                first = next(r["first_error"] for r in runs if r.get("first_error") or r["errors"])
+                print(f"bench: {name} via {target}: {errors[target]} errors, e.g. {first}")
+        rows += [
+            (f"{name}: unix socket", f"{rps[direct]:.0f} req/s (p99 {p99[direct]:.1f} ms, "
+             f"{errors[direct]} errors)", ""),
+            (f"{name}: nginx + TLS", f"{rps[via_nginx]:.0f} req/s (p99 {p99[via_nginx]:.1f} ms, "
+             f"{errors[via_nginx]} errors)", ""),
+            (f"{name}: ratio nginx+TLS / socket", f"{100 * ratio:.0f}%", ">= 70%"),
+        ]  # fmt: skip
+    return rows
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
 
 
 def main() -> int:
-    rehearsal = json.loads(HOST_JSON.read_text())
-    env = {**os.environ, "PLINTH_REHEARSAL_HOST_JSON": str(HOST_JSON)}
-    env["PLINTH_RELEASE_REVISION"] = f"bench-{int(time.time())}"
-    args = [sys.executable, "-m", "pyinfra", "-y", "infra/inventories/rehearsal.py"]
-    # Build, preflight and upload first: the timed part is the release as the host sees it.
-    with TimedTraffic(rehearsal) as traffic:
-        started = time.monotonic()
-        run = subprocess.run([*args, "infra/deploys/site.py"], cwd=REPO, env=env,
-                             capture_output=True, text=True)  # fmt: skip
-        seconds = time.monotonic() - started
-    lat = sorted(traffic.latencies) or [0.0]
-
-    def pct(p):
-        return lat[min(len(lat) - 1, int(p / 100 * len(lat)))] * 1000
-
-    print("| release (deploy, app changed) | value | target |")
-    print("|---|---|---|")
-    print(f"| deploy duration | {seconds:.1f} s | < 20 s |")
-    print(f"| requests during it | {len(traffic.latencies)} | |")
-    print(f"| errors | {len(traffic.failures)} | 0 |")
-    print(f"| p50 latency | {pct(50):.1f} ms | |")
-    print(f"| p99 latency | {pct(99):.1f} ms | < 500 ms |")
-    print(f"| max latency | {lat[-1] * 1000:.1f} ms | |")
-    print(f"| deploy exit code | {run.returncode} | 0 |")
-    return 0 if run.returncode == 0 else 1
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10, help="per throughput run")
+    parser.add_argument("--rounds", type=int, default=2, help="throughput runs per path")
+    parser.add_argument("--connections", type=int, default=4, help="throughput clients")
+    args = parser.parse_args()
+    path = host_json_path()
+    booted_here = not path.is_file()
+    if booted_here:
+        rehearsal_tool = [sys.executable, "-m", "infra.rehearsal"]
+        subprocess.run([*rehearsal_tool, "up"], cwd=REPO, check=True)
+    try:
+        rehearsal = json.loads(path.read_text())
+        load_before = load()
+        checked(pyinfra(), "the deploy before the benchmark")  # a fresh host converges here
+        rows = release_under_load(rehearsal) + throughput_ratios(rehearsal, args)
+        load_after = load()
+    finally:
+        if booted_here and not os.environ.get("PLINTH_KEEP_REHEARSAL"):
+            subprocess.run([*rehearsal_tool, "down"], cwd=REPO, check=True)
+    width = max(len(row[0]) for row in rows)
+    value_width = max(len(row[1]) for row in rows)
+    print(f"\nrelease benchmark ({rehearsal['release']}; load average {load_before} before, "
+          f"{load_after} after)\n")  # fmt: skip
+    print(f"| {'what':<{width}} | {'value':<{value_width}} | target |")
+    print(f"|{'-' * (width + 2)}|{'-' * (value_width + 2)}|--------|")
+    for what, value, target in rows:
+        print(f"| {what:<{width}} | {value:<{value_width}} | {target} |")
+    return 0
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@
 
 Each argument is a lane: its targets run one after another; the lanes run at the same time.
 Every line a lane prints is shown prefixed with the lane's first target, and the whole of it is
-kept in .cache/test-logs/lane<N>-<target>.log. When a lane fails, the others get SIGINT (so pytest runs its
-teardown, which takes down the rehearsal hosts it booted), then the failed lane's tail is printed
-again and the exit status is non-zero.
+kept in .cache/test-logs/lane<N>-<target>.log. When a lane fails, the others get SIGINT (so
+pytest runs its teardown, which takes down the rehearsal hosts it booted), then the failed
+lane's tail is printed again and the exit status is non-zero.
 
 Why not `make -j`: make waits for running jobs after a failure instead of stopping them, which
 would let a 15-minute lane run on after a 1-minute failure, and it interleaves partial lines.

@@ -13,13 +13,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from service.api import health, models, predictions
 from service.config import Settings
-from service.database import build_engine, record_loaded_model
+from service.database import async_connector, build_engine, record_loaded_model
 from service.errors import install_exception_handlers
 from service.logs import configure_logging
 from service.metrics import change_pool_in_use
 from service.migrations import head_revision
 from service.observability import RequestContextMiddleware
 from service.openapi import install_openapi
+from service.prediction_writer import PredictionWriter
 from service.predictors import ModelRegistry, load_models
 from service.release import package_version, read_release_info
 
@@ -48,6 +49,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     await run_in_threadpool(_record_models, app)
     logger.info("serving models: %s", ", ".join(app.state.registry.names()))
     yield
+    await app.state.prediction_writer.close()
     app.state.executor.shutdown(wait=False, cancel_futures=True)
     app.state.engine.dispose()
 
@@ -66,12 +68,18 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.registry = registry
     app.state.engine = build_engine(settings, on_pool_change=change_pool_in_use)
-    # Inference and prediction writes run here rather than in anyio's shared thread pool:
-    # a plain executor hop is markedly cheaper, and sizing it to the connection pool
-    # means a burst queues here instead of timing out waiting for a connection.
+    # Inference runs here rather than in anyio's shared thread pool: a plain executor hop is
+    # markedly cheaper, and the bound makes a burst queue here instead of piling up threads.
     app.state.executor = ThreadPoolExecutor(
         max_workers=settings.db_pool_size + settings.db_max_overflow,
         thread_name_prefix="plinth-predict",
+    )
+    # Connections per worker: the pool's plus this one (predictions are written here).
+    app.state.prediction_writer = PredictionWriter(
+        async_connector(app.state.engine, settings),
+        # A statement's own limit plus a connection attempt's: beyond that nobody answers.
+        timeout_seconds=settings.db_statement_timeout_ms / 1000 + settings.db_pool_timeout_seconds,
+        on_connection_use=change_pool_in_use,
     )
     app.state.head_revision = head_revision()
     app.state.release = read_release_info(settings.release_info_file)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 
@@ -57,6 +58,13 @@ def serve() -> int:
 
     settings = _validated_settings(with_models=True)
     from service import gunicorn_conf  # exports PROMETHEUS_MULTIPROC_DIR before any fork
+
+    # Workers fork with the app's libraries (FastAPI, SQLAlchemy, Alembic...) already imported
+    # by the master, so a worker boots in a fraction of a second instead of importing them again
+    # (seconds on a busy host): what decides how soon a restarted service serves again. The app
+    # is still built in each worker (`load` below), so a HUP applies changed settings; new code
+    # arrives only by a re-exec (USR2), which imports afresh. After gunicorn_conf, by design.
+    importlib.import_module("service.app")
 
     class PlinthGunicorn(BaseApplication):
         """Gunicorn's arbiter in this process: ``kill -HUP $MAINPID`` reaches it directly."""

@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, insert, select, text
+import psycopg
+from sqlalchemy import Engine, create_engine, event, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from service.config import Settings
 from service.tables import Prediction, RegisteredModel
 
-_INSERT_PREDICTION = insert(Prediction.__table__)
+
+def _connect_args(settings: Settings) -> dict[str, Any]:
+    """What every connection of the service sets, pooled or the prediction writer's."""
+    return {
+        "options": f"-c statement_timeout={settings.db_statement_timeout_ms}",
+        # Without it an unreachable host blocks a request for the kernel's TCP timeout;
+        # reuse the pool wait: both bound "how long may getting a connection take".
+        "connect_timeout": max(1, math.ceil(settings.db_pool_timeout_seconds)),
+        "application_name": "plinth",
+    }
 
 
 def build_engine(
@@ -29,13 +39,7 @@ def build_engine(
         # on checkout so the service recovers without a restart.
         pool_pre_ping=True,
         pool_recycle=1800,
-        connect_args={
-            "options": f"-c statement_timeout={settings.db_statement_timeout_ms}",
-            # Without it an unreachable host blocks a request for the kernel's TCP timeout;
-            # reuse the pool wait: both bound "how long may getting a connection take".
-            "connect_timeout": max(1, math.ceil(settings.db_pool_timeout_seconds)),
-            "application_name": "plinth",
-        },
+        connect_args=_connect_args(settings),
     )
     if on_pool_change is not None:
         event.listen(engine, "checkout", lambda *_: on_pool_change(+1))
@@ -52,23 +56,16 @@ def current_revision(engine: Engine) -> str | None:
         return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
-def insert_predictions(engine: Engine, rows: Sequence[dict[str, Any]]) -> None:
-    """Write a batch atomically; returns only after its COMMIT succeeded (durable on disk
-    with PostgreSQL's default ``synchronous_commit=on``).
-
-    The usual batch of one is a single INSERT in autocommit mode: PostgreSQL runs a lone
-    statement as its own transaction, so this is BEGIN/INSERT/COMMIT in one round trip
-    instead of three. A larger batch is an executemany (one statement per row) and so needs
-    the explicit transaction. Both use the cached compiled statement (``.values(rows)``
-    would be recompiled per request).
-    """
-    with engine.connect() as connection:
-        if len(rows) == 1:
-            connection.execution_options(isolation_level="AUTOCOMMIT")  # reset at check-in
-            connection.execute(_INSERT_PREDICTION, rows[0])
-        else:
-            with connection.begin():
-                connection.execute(_INSERT_PREDICTION, list(rows))
+def async_connector(
+    engine: Engine, settings: Settings
+) -> Callable[[], Awaitable[psycopg.AsyncConnection]]:
+    """Opens an autocommit asyncio connection to the engine's database with the same
+    parameters as the pool's (the URL parsed by SQLAlchemy's own dialect, so a socket
+    directory or sslmode in the URL means the same to both)."""
+    args, params = engine.dialect.create_connect_args(engine.url)
+    params.pop("context", None)  # the sync engine's adapters, not meant for this connection
+    params.update(_connect_args(settings), autocommit=True)
+    return lambda: psycopg.AsyncConnection.connect(*args, **params)
 
 
 def get_prediction(engine: Engine, prediction_id: uuid.UUID) -> dict[str, Any] | None:

@@ -6,6 +6,7 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -146,14 +147,34 @@ def install_exception_handlers(app: FastAPI) -> None:
         logger.warning("database unavailable: %s", type(error).__name__)
         return database_unavailable_response(request.url.path)
 
+    async def on_unstorable_input(request: Request, error: Exception) -> JSONResponse:
+        # The input passed the model's schema but PostgreSQL refuses to store it (e.g. a \u0000
+        # in a string, which jsonb cannot hold): the client's data, so 422, not a server fault.
+        # The database's message is not echoed: it may quote the payload.
+        logger.info("input refused by the database: %s", type(error).__name__)
+        return problem_response(
+            422,
+            "the input cannot be stored (e.g. a \\u0000 character in a string)",
+            instance=request.url.path,
+            problem_type="urn:plinth:problem:unstorable-input",
+        )
+
     async def on_unexpected(request: Request, error: Exception) -> JSONResponse:
         return internal_error_response(request.url.path)
 
     app.add_exception_handler(ProblemError, on_problem)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
-    for database_error in (OperationalError, InterfaceError, PoolTimeoutError):
+    # psycopg's own classes: the prediction writer talks to psycopg directly (no SQLAlchemy).
+    for database_error in (
+        OperationalError,
+        InterfaceError,
+        PoolTimeoutError,
+        psycopg.OperationalError,
+        psycopg.InterfaceError,
+    ):
         app.add_exception_handler(database_error, on_database_error)
+    app.add_exception_handler(psycopg.DataError, on_unstorable_input)
     app.add_exception_handler(Exception, on_unexpected)
 
 

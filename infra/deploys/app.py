@@ -4,6 +4,7 @@ Gunicorn runs under systemd, socket-activated on a unix socket only nginx can co
 
 from __future__ import annotations
 
+import shlex
 from functools import cache
 
 from pyinfra import host
@@ -78,11 +79,8 @@ def host_target() -> Target:
     return Target(known["python"], known["glibc"])
 
 
-def database_url(data) -> str:
-    return (
-        f"postgresql+psycopg://{data.db_user}:{layout.DB_PASSWORD_PLACEHOLDER}"
-        f"@{data.db_host}:{data.db_port}/{data.db_name}"
-    )
+def database_url(data, role: str, password: str) -> str:
+    return f"postgresql+psycopg://{role}:{password}@{data.db_host}:{data.db_port}/{data.db_name}"
 
 
 @deploy("App", data_defaults={**DB_CONNECTION_DEFAULTS, **APP_DEFAULTS, **RELEASE_DEFAULTS})
@@ -114,14 +112,7 @@ def app() -> None:
     switching = not current or current.get("link_target") != release_dir
     # Migrate with the new release's code, before it (or a new setting) serves.
     migrate = {} if switching else {"_if": any_changed(installed, env_changed)}
-    server.shell(
-        name="Migrations (plinth migrate, as the service user)",
-        commands=[
-            f"runuser -u {layout.SERVICE_USER} -- env PLINTH_ENV_FILE={layout.ENV_FILE} "
-            f"{release_dir}/venv/bin/plinth migrate"
-        ],
-        **migrate,
-    )
+    _migrations(data, release_dir, **migrate)
     release_tool()
     # Switch, re-exec Gunicorn from `current`, health check through nginx; else switch back.
     release_cutover(name=f"Cutover: current -> {release.release_id}", release_dir=release_dir)
@@ -155,6 +146,40 @@ def app() -> None:
     )
 
 
+def _migrations(data, release_dir: str, **condition) -> None:
+    """`plinth migrate` logged in as the owner role, run by its own system user: root reads
+    the owner's password into that process's environment (never onto a command line), so
+    neither the service user nor its env file ever holds it."""
+    server.group(name=f"Group {layout.MIGRATION_USER}", group=layout.MIGRATION_USER, system=True)
+    server.user(  # noqa: S604 (a login shell, not subprocess shell=True)
+        name=f"User {layout.MIGRATION_USER}: runs migrations, no login, no home",
+        user=layout.MIGRATION_USER,
+        group=layout.MIGRATION_USER,
+        home="/nonexistent",
+        shell="/usr/sbin/nologin",
+        system=True,
+        create_home=False,
+        ensure_home=False,
+    )
+    if "db" not in host_roles():  # on a db host the postgres deploy made it already
+        secret_file(
+            name="Database owner password generated on the host (copy it to the db host)",
+            path=layout.DB_OWNER_PASSWORD_FILE,
+        )
+    owner_url = database_url(data, data.db_owner, "${owner_password}")
+    server.shell(
+        name=f"Migrations: plinth migrate as {layout.MIGRATION_USER}, role {data.db_owner}",
+        commands=[
+            f"owner_password=$(cat {layout.DB_OWNER_PASSWORD_FILE}) && "
+            f"PLINTH_ENVIRONMENT={shlex.quote(str(data.app_environment))} "
+            # DATABASE_URL is the one URL settings require: here it is the owner's.
+            f'PLINTH_DATABASE_URL="{owner_url}" '
+            f"runuser -u {layout.MIGRATION_USER} -- {release_dir}/venv/bin/plinth migrate"
+        ],
+        **condition,
+    )
+
+
 def _prune(data, release_dir, artifact, current) -> None:
     keep = int(data.app_keep_releases)
     running = [release_dir, artifact]
@@ -180,7 +205,7 @@ def _env_file(data):
     """The env file: rendered without the secret, then completed on the host."""
     env = {
         "ENVIRONMENT": data.app_environment,
-        "DATABASE_URL": database_url(data),
+        "DATABASE_URL": database_url(data, data.db_user, layout.DB_PASSWORD_PLACEHOLDER),
         "MODELS": data.app_models,
         "WORKERS": data.app_workers,
         "LOG_LEVEL": data.app_log_level,

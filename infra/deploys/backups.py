@@ -12,6 +12,7 @@ from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from infra.deploys import layout
+from infra.deploys.database_roles import converge_command
 from infra.deploys.postgres import DB_CONNECTION_DEFAULTS
 from infra.deploys.templating import template
 
@@ -99,7 +100,9 @@ def chosen_dump(data, requested: str | None) -> str:
 @deploy("Restore the database", data_defaults=BACKUP_DEFAULTS)
 def restore_database(requested: str | None = None) -> None:
     """Replace the database's contents with a dump: the service (and its socket, which would
-    start it again) stops, pg_restore runs in one transaction, then both start again."""
+    start it again) stops, pg_restore runs in one transaction, the owner role gets back every
+    object and the service role its row grants (a dump from before the owner role existed has
+    the service role as owner), then both start again."""
     data = host.data
     dump = chosen_dump(data, requested)
     d, db = shlex.quote(dump), shlex.quote(data.db_name)
@@ -109,9 +112,10 @@ def restore_database(requested: str | None = None) -> None:
         commands=[
             f"test -f {d} || {{ echo 'no such dump: {d}' >&2; exit 1; }}",
             f"systemctl stop {units}",
-            # Ownership and grants come from the dump; a failure rolls everything back, and the
-            # service starts again either way.
+            # A failure rolls the restore back, and the service starts again either way.
             f"runuser -u postgres -- pg_restore --clean --if-exists --single-transaction "
-            f"--exit-on-error --dbname={db} {d}; rc=$?; systemctl start {units}; exit $rc",
+            f"--exit-on-error --dbname={db} {d} "
+            f"&& {converge_command(data.db_name, data.db_owner, data.db_user)}; "
+            f"rc=$?; systemctl start {units}; exit $rc",
         ],
     )

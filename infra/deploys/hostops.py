@@ -3,11 +3,13 @@ a command line: secrets are read from files on the host by the commands themselv
 
 from __future__ import annotations
 
+import hashlib
 import shlex
+from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import FactBase, operation
-from pyinfra.facts.files import File
+from pyinfra.api import FactBase, FileUploadCommand, operation
+from pyinfra.facts.files import File, Sha1File
 
 
 class HostPython(FactBase):
@@ -167,3 +169,30 @@ def pruned(directory: str, pattern: str, keep: int, protect: list[str]):
         host.noop(f"{directory}: {len(entries)} kept")
         return
     yield "rm -rf -- " + " ".join(shlex.quote(f"{directory}/{entry}") for entry in stale)
+
+
+@operation()
+def validated_file(path: str, content: str, check: str, mode: str = "644"):
+    """`path` (root-owned, `mode`) holds `content`, but only once `check` accepted it: the
+    candidate is uploaded beside it (`{path}` in `check` names it) and moved into place only
+    if the check passes, else removed; a rejected file never takes effect."""
+    info = host.get_fact(File, path=path)
+    if (
+        info
+        and (info["user"], info["group"], info["mode"]) == ("root", "root", int(mode))
+        and host.get_fact(Sha1File, path=path) == hashlib.sha1(content.encode()).hexdigest()  # noqa: S324 (a checksum)
+    ):
+        host.noop(f"{path} is up to date")
+        return
+    candidate = f"{path}.candidate"  # sudo skips names with a dot, sshd reads only *.conf
+    temp_dir = (host.current_op_global_arguments or {}).get("_temp_dir")  # as files.put
+    yield FileUploadCommand(
+        StringIO(content),
+        candidate,
+        remote_temp_filename=host.get_temp_filename(candidate, temp_directory=temp_dir),
+    )
+    c, p = shlex.quote(candidate), shlex.quote(path)
+    yield (
+        f"chown root:root {c} && chmod {mode} {c} && {{ {check.replace('{path}', c)} ; }} "
+        f"&& mv -f {c} {p} || {{ rm -f {c}; exit 1; }}"
+    )

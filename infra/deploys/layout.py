@@ -8,6 +8,9 @@ APP_NAME = "plinth"
 SERVICE_USER = "plinth"
 SERVICE_GROUP = "plinth"
 NGINX_GROUP = "www-data"
+# System user `plinth migrate` runs as during a deploy: it alone gets the database owner's
+# password (in its environment, from root), which the service user can never read.
+MIGRATION_USER = "plinth-migrate"
 
 # Releases: immutable per-version directories behind an atomically switched symlink.
 APP_ROOT = f"/srv/{APP_NAME}"
@@ -23,7 +26,8 @@ LIVE_MARKER = ".live"  # written once a release served healthy: what a rollback 
 CONFIG_DIR = f"/etc/{APP_NAME}"
 ENV_FILE = f"{CONFIG_DIR}/{APP_NAME}.env"  # what the service reads (0640 root:plinth)
 ENV_FILE_SOURCE = f"{CONFIG_DIR}/{APP_NAME}.env.in"  # rendered template, no secret (0600 root)
-DB_PASSWORD_FILE = f"{CONFIG_DIR}/database-password"  # generated on the host (0600 root)
+DB_PASSWORD_FILE = f"{CONFIG_DIR}/database-password"  # service role's, generated (0600 root)
+DB_OWNER_PASSWORD_FILE = f"{CONFIG_DIR}/database-owner-password"  # owner role's (0600 root)
 DB_PASSWORD_PLACEHOLDER = "@PLINTH_DATABASE_PASSWORD@"  # noqa: S105 (a marker, not a secret)
 
 # systemd units and the socket only nginx may connect to.
@@ -47,6 +51,14 @@ HTTP_PORT = 80
 HTTPS_PORT = 443
 
 JOURNALD_DROPIN = "/etc/systemd/journald.conf.d/50-plinth.conf"
+
+# Logins (infra/deploys/access.py): the user every deploy after a host's first logs in as
+# (key only, passwordless sudo); sshd's policy and the sudo rule are drop-ins of ours.
+DEPLOY_USER = "deploy"
+SSHD_DROPIN = f"/etc/ssh/sshd_config.d/10-{APP_NAME}.conf"  # before 50-cloud-init.conf: first wins
+SUDOERS_DROPIN = f"/etc/sudoers.d/{APP_NAME}-deploy"  # no dot in the name: sudo would skip it
+# Security updates (infra/deploys/updates.py): after Debian's 20auto-upgrades, so ours wins.
+APT_AUTO_UPGRADES = f"/etc/apt/apt.conf.d/52{APP_NAME}-auto-upgrades"
 
 # Debian releases the deploys support, with the Python and glibc each ships (the fallback
 # when the host has no python3 yet; the artifact's wheels are chosen for these).

@@ -1,5 +1,6 @@
-"""PostgreSQL: Debian's package, the service's database and role. The role's password is
-generated on the host at first deploy and only ever read from there (see hostops)."""
+"""PostgreSQL: Debian's package, the service's database and its two roles (an owner that
+migrations log in as, a service role with row access only: see database_roles). Each role's
+password is generated on the host at first deploy and only ever read from there (hostops)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, postgres, systemd
 
 from infra.deploys import layout
+from infra.deploys.database_roles import PrivilegeDrift, privileges_converged
 from infra.deploys.hostops import (
     PasswordAccepted,
     config_directory,
@@ -18,9 +20,14 @@ from infra.deploys.hostops import (
 from infra.deploys.templating import template
 
 DB_CONNECTION_DEFAULTS = {
-    # Database and role the service uses (the role owns the database and runs migrations).
+    # The service's database.
     "db_name": "plinth",
+    # The role the service logs in as: reads and writes rows of its tables, no DDL.
     "db_user": "plinth",
+    # The role that owns the database and every object in it; only migrations log in as it.
+    # A login role with its own host-generated password rather than peer authentication:
+    # migrations run on the app host, which need not be the database host.
+    "db_owner": "plinth_owner",
     # Where the service reaches PostgreSQL: the db host's address as seen from the app host.
     "db_host": "127.0.0.1",
     "db_port": 5432,
@@ -30,8 +37,8 @@ POSTGRES_DEFAULTS = {
     **DB_CONNECTION_DEFAULTS,
     # What PostgreSQL listens on: loopback only (its unix socket is always there).
     "db_listen_addresses": "localhost",
-    # Networks allowed to log in as db_user over TCP (scram-sha-256); add the app host's
-    # address when the database lives on another host.
+    # Networks allowed to log in as db_user or db_owner over TCP (scram-sha-256); add the app
+    # host's address when the database lives on another host.
     "db_client_networks": ["127.0.0.1/32", "::1/128"],
     # Connection cap of the whole cluster.
     "db_max_connections": 100,
@@ -70,6 +77,7 @@ def postgresql() -> None:
         group="postgres",
         db_name=data.db_name,
         db_user=data.db_user,
+        db_owner=data.db_owner,
         client_networks=data.db_client_networks,
     )
     systemd.service(
@@ -92,44 +100,53 @@ def postgresql() -> None:
     )
 
     as_postgres = {"_sudo": True, "_sudo_user": "postgres", "_use_sudo_login": True}
-    postgres.role(
-        name=f"Role {data.db_user}: login, no superuser/createdb/createrole",
-        role=data.db_user,
-        login=True,
-        superuser=False,
-        createdb=False,
-        createrole=False,
-        **as_postgres,
-    )
+    for role in (data.db_owner, data.db_user):
+        postgres.role(
+            name=f"Role {role}: login, no superuser/createdb/createrole",
+            role=role,
+            login=True,
+            superuser=False,
+            createdb=False,
+            createrole=False,
+            **as_postgres,
+        )
     postgres.database(
-        name=f"Database {data.db_name}",
+        name=f"Database {data.db_name}, owned by {data.db_owner}",
         database=data.db_name,
-        owner=data.db_user,
+        owner=data.db_owner,
         encoding="UTF8",
         **as_postgres,
     )
-    config_directory()
-    password = secret_file(
-        name="Database password generated on the host", path=layout.DB_PASSWORD_FILE
+    drift = host.get_fact(
+        PrivilegeDrift, db_name=data.db_name, owner=data.db_owner, service=data.db_user
     )
+    if drift:
+        privileges_converged(
+            name=f"{data.db_owner} owns everything, {data.db_user} reads and writes rows "
+            f"({'; '.join(drift[:3])}{'; ...' if len(drift) > 3 else ''})",
+            db_name=data.db_name,
+            owner=data.db_owner,
+            service=data.db_user,
+        )
+    config_directory()
+    _password_generated_on_the_host(data, data.db_user, layout.DB_PASSWORD_FILE)
+    _password_generated_on_the_host(data, data.db_owner, layout.DB_OWNER_PASSWORD_FILE)
+
+
+def _password_generated_on_the_host(data, role: str, password_file: str) -> None:
+    password = secret_file(name=f"Role {role}: password generated on the host", path=password_file)
     accepted = host.get_fact(
         PasswordAccepted,
-        password_file=layout.DB_PASSWORD_FILE,
-        role=data.db_user,
+        password_file=password_file,
+        role=role,
         database=data.db_name,
         db_host="127.0.0.1",
         db_port=data.db_port,
     )
-    if not accepted:
-        role_password(
-            name=f"Role {data.db_user} gets the generated password",
-            role=data.db_user,
-            password_file=layout.DB_PASSWORD_FILE,
-        )
-    else:
-        role_password(
-            name=f"Role {data.db_user} gets the regenerated password",
-            role=data.db_user,
-            password_file=layout.DB_PASSWORD_FILE,
-            _if=password.did_change,
-        )
+    # A role that does not log in with its file yet (new, or a changed file) gets it now.
+    role_password(
+        name=f"Role {role} gets the generated password",
+        role=role,
+        password_file=password_file,
+        **({"_if": password.did_change} if accepted else {}),
+    )

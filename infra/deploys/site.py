@@ -1,5 +1,6 @@
 """plinth's one entry point: `pyinfra INVENTORY infra/deploys/site.py` (see README)."""
 
+from infra.deploys.access import access
 from infra.deploys.app import app
 from infra.deploys.backups import backups
 from infra.deploys.base import base
@@ -7,10 +8,12 @@ from infra.deploys.firewall import firewall
 from infra.deploys.hostops import host_roles
 from infra.deploys.logcaps import logcaps
 from infra.deploys.nginx import nginx
+from infra.deploys.os_hardening import os_hardening
 from infra.deploys.postgres import postgresql
 from infra.deploys.release import deploy_lock
 from infra.deploys.sandbox import sandbox
 from infra.deploys.tls import tls
+from infra.deploys.updates import updates
 from infra.deploys.validate import validate
 
 validate()  # bad inventory data stops the run here, before any host changes
@@ -18,6 +21,9 @@ roles = host_roles()
 deploy_lock()  # one deploy per host at a time; held until this run's SSH connection closes
 
 base()
+os_hardening()  # login policy (before access() adds a login), sysctls, Lynis and its profile
+access()  # the deploy user (made and proven on a fresh host's root login), then root login off
+updates()  # unattended security upgrades
 firewall()  # inbound default-deny; the SSH port always stays open
 if "db" in roles:
     postgresql()

@@ -25,3 +25,15 @@ def template(
         **layout.layout_vars(),
         **variables,
     )
+
+
+def render(src: str, **variables) -> str:
+    """`infra/templates/<src>` rendered to a string (for a file that must be checked on the
+    host before it is installed, see hostops.validated_file)."""
+    from jinja2 import StrictUndefined, Template
+
+    source = (TEMPLATES_DIR / src).read_text()
+    text = Template(source, undefined=StrictUndefined, keep_trailing_newline=True).render(
+        **layout.layout_vars(), **variables
+    )
+    return text

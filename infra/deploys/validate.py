@@ -18,6 +18,7 @@ WORKERS_RANGE = range(1, 33)
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{1,62}$"
 )
+_ROLE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@([A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,}$")
 # Names people leave in templates instead of their own.
 _PLACEHOLDER = re.compile(
@@ -64,6 +65,14 @@ def check_workers(workers) -> None:
         )
 
 
+def check_db_roles(service_role, owner_role) -> None:
+    for key, role in (("db_user", service_role), ("db_owner", owner_role)):
+        if not isinstance(role, str) or not _ROLE.match(role):
+            _fail(f"{key} {role!r} is not a plain PostgreSQL role name ([a-z_][a-z0-9_]*)")
+    if service_role == owner_role:
+        _fail(f"db_user and db_owner are both {owner_role!r}: the service must not own its tables")
+
+
 def check_distribution() -> None:
     distro = host.get_fact(LinuxDistribution) or {}
     name, major = distro.get("name"), str(distro.get("major"))
@@ -84,4 +93,5 @@ def validate() -> None:
     check_domain(data.domain)
     check_email(data.get("tls_acme_email"))
     check_workers(data.app_workers)
+    check_db_roles(data.db_user, data.db_owner)
     check_distribution()

@@ -8,6 +8,9 @@ import os
 
 from pyinfra.api.exceptions import InventoryError
 
+from infra.deploys import layout
+from infra.deploys.login import LoginError, login_user
+
 _missing = [
     n for n in ("PLINTH_HOST", "PLINTH_DOMAIN", "PLINTH_ACME_EMAIL") if not os.environ.get(n)
 ]
@@ -19,8 +22,15 @@ _data = {
     "domain": os.environ["PLINTH_DOMAIN"],
     "tls_acme_email": os.environ["PLINTH_ACME_EMAIL"],
 }
-if os.environ.get("PLINTH_SSH_USER"):
-    _data["ssh_user"] = os.environ["PLINTH_SSH_USER"]
+# Logs in as the deploy user once it works, as root on a fresh host (whose first deploy creates
+# the deploy user and turns root login off). PLINTH_SSH_USER names another login with sudo
+# (e.g. a cloud image's `admin`).
+_data["deploy_user"] = layout.DEPLOY_USER
+try:
+    _data["ssh_user"] = os.environ.get("PLINTH_SSH_USER") or login_user(_data, layout.DEPLOY_USER)
+except LoginError as error:
+    raise InventoryError(f"production host: {error}") from None
+_data["_sudo"] = _data["ssh_user"] != "root"
 
 # One host holds both roles; to split them, list the db host under `db` and set db_host.
 app = [("production", _data)]

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from pyinfra.api.exceptions import InventoryError
 
+from infra.deploys import layout
+from infra.deploys.login import LoginError, login_user
+
 _REPO = Path(__file__).resolve().parents[2]
 # The rehearsal tool writes host.json into its state dir (PLINTH_REHEARSAL_DIR, default .rehearsal).
 _state_dir = Path(os.environ.get("PLINTH_REHEARSAL_DIR") or _REPO / ".rehearsal")
@@ -17,13 +20,20 @@ _info = json.loads(_path.read_text())
 
 _data = {
     "ssh_hostname": _info["address"],
-    "ssh_user": _info.get("ssh_user", "root"),
+    "deploy_user": layout.DEPLOY_USER,
     "ssh_key": _info["ssh_key"],
     "domain": _info["domain"],
     # A throwaway host with a new key each time: never prompt, never remember it.
     "ssh_known_hosts_file": "/dev/null",
     "ssh_strict_host_key_checking": "no",
 }
+# host.json's ssh_user is the login a fresh host offers (root); the first deploy creates the
+# deploy user and turns root login off, so every later one logs in as the deploy user.
+try:
+    _data["ssh_user"] = login_user(_data, layout.DEPLOY_USER, _info.get("ssh_user", "root"))
+except LoginError as error:
+    raise InventoryError(f"rehearsal host: {error}") from None
+_data["_sudo"] = _data["ssh_user"] != "root"
 if _info.get("acme_directory"):
     _data.update(
         tls_mode="acme",

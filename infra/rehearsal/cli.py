@@ -14,6 +14,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from infra.deploys.layout import DEPLOY_USER
 from infra.rehearsal import lifecycle, preflight, proc, ssh
 from infra.rehearsal.config import RELEASES, Settings, load_settings
 from infra.rehearsal.errors import RehearsalError
@@ -119,7 +120,9 @@ def cmd_status(settings: Settings) -> int:
     print(f"name:      {state.get('name')}")
     print(f"release:   {state.get('release')}")
     print(f"address:   {state.get('address')} (gateway {state.get('gateway')})")
-    print(f"container: {'running' if running else 'stopped'} (pid {state.get('nspawn_pid')})")
+    pids = f"nspawn pid {state.get('nspawn_pid')}, supervisor {state.get('supervisor_pid')}"
+    reboots = f", rebooted {state['reboots']}x" if state.get("reboots") else ""
+    print(f"container: {'running' if running else 'stopped'} ({pids}{reboots})")
     print(f"systemd:   {system or 'unreachable'}")
     print(f"pebble:    {'running' if pebble_ok else 'stopped'}")
     if not running:
@@ -154,7 +157,8 @@ def _print_info(state_dir: Path, state: dict[str, Any]) -> None:
     print(
         f"  URL:   https://{domain}/  (the name resolves only via --resolve; also http://{address}/)"
     )
-    print(f"  ssh:   ssh -F {config} rehearsal")
+    # A deployed host lets only the deploy user in (docs/contracts.md); root only before.
+    print(f"  ssh:   ssh -F {config} -l {DEPLOY_USER} rehearsal")
     print(f"  curl:  curl --cacert {root} --resolve {domain}:443:{address} https://{domain}/readyz")
     print(f"  data:  {_shown(state_dir / 'host.json')}")
     timings = state.get("timings")

@@ -3,7 +3,8 @@
 PID 1 here is not systemd, so nspawn cannot register with machined or create a scope:
 `--register=no --keep-unit` in its own session is the combination that boots (see
 shared/notes/rehearsal-host.md). `machinectl` therefore cannot see the container; we find it by
-the PID of nspawn and of the container's init, and talk to it over SSH.
+the PID of nspawn and of the container's init, and talk to it over SSH. nspawn runs under
+`supervisor.py`, which starts it again when the host reboots.
 """
 
 from __future__ import annotations
@@ -39,10 +40,6 @@ def nspawn_argv(rootfs: Path, name: str) -> list[str]:
         # Boot messages go to nspawn.log; no terminal to attach to.
         "--console=read-only",
     ]
-
-
-def start(rootfs: Path, name: str, log: Path) -> int:
-    return proc.spawn_detached(nspawn_argv(rootfs, name), log)
 
 
 def is_running(pid: int | None) -> bool:

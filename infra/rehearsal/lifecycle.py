@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from infra.rehearsal import container, network, pebble, preflight, proc, rootfs, ssh
+from infra.rehearsal import container, network, pebble, preflight, proc, rootfs, ssh, supervisor
 from infra.rehearsal.config import DEFAULT_RELEASE, Settings
 from infra.rehearsal.errors import RehearsalError
 from infra.rehearsal.proc import say, warn
@@ -23,6 +23,7 @@ from infra.rehearsal.state import (
     ROOTFS_DIR,
     SSH_CONFIG,
     SSH_KEY,
+    SUPERVISOR_PID,
     StateDir,
     write_file,
 )
@@ -31,8 +32,11 @@ SSH_USER = "root"
 
 
 def is_up(state: dict[str, Any] | None) -> bool:
+    """Running, or rebooting: the supervisor brings nspawn back after a reboot."""
     return bool(
-        state and state.get("phase") == "running" and container.is_running(state.get("nspawn_pid"))
+        state
+        and state.get("phase") == "running"
+        and supervisor.is_running(state.get("supervisor_pid"))
     )
 
 
@@ -113,8 +117,10 @@ def _create(
     say(f"booting {settings.name} ({release}) at {address}")
     boot_started = time.monotonic()
     log = sd / "nspawn.log"
-    pid = container.start(root, settings.name, log)
-    sd.write_pid(NSPAWN_PID, pid)
+    supervisor_pid = supervisor.start(sd.path, root, settings.name, log)
+    sd.write_pid(SUPERVISOR_PID, supervisor_pid)
+    sd.update(supervisor_pid=supervisor_pid)
+    pid = supervisor.wait_for_nspawn(sd.path, supervisor_pid, log)
     sd.update(nspawn_pid=pid)
     init_pid, iface = container.wait_for_network(pid, log)
     sd.update(init_pid=init_pid, init_started=proc.start_time(init_pid), iface=iface)
@@ -241,12 +247,19 @@ def teardown(sd: StateDir, settings: Settings) -> None:
         sd.read_pid(CHALLTESTSRV_PID) or state.get("challtestsrv_pid"),
         pebble.CHALLTESTSRV_MARKER,
     )
+    supervisor_pid = sd.read_pid(SUPERVISOR_PID) or state.get("supervisor_pid")
+    step(supervisor.stop, supervisor_pid)  # it stops its nspawn first
+    # Read after the supervisor stopped: it may have restarted nspawn for a reboot. Stopped
+    # here too in case the supervisor had died without it.
     nspawn_pid = sd.read_pid(NSPAWN_PID) or state.get("nspawn_pid")
     step(container.stop, nspawn_pid)
     step(container.kill_orphan, state.get("init_pid"), state.get("init_started"))
-    if container.is_running(nspawn_pid):
+    if supervisor.is_running(supervisor_pid) or container.is_running(nspawn_pid):
         # Never delete a rootfs a container still runs from.
-        raise RehearsalError(f"systemd-nspawn (pid {nspawn_pid}) did not stop; not removing it")
+        raise RehearsalError(
+            f"systemd-nspawn (pid {nspawn_pid}, supervisor {supervisor_pid}) did not stop;"
+            " not removing its root filesystem"
+        )
     step(network.remove_link, state.get("iface"))
     step(network.delete_nat, state.get("nft_table") or settings.nft_table)
     step(network.restore_ip_forward, state.get("ip_forward_old"))

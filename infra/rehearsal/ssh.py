@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from infra.deploys.layout import DEPLOY_USER
 from infra.rehearsal import container, proc
 from infra.rehearsal.errors import RehearsalError
 from infra.rehearsal.state import write_file
@@ -42,13 +43,20 @@ def write_config(path: Path, *, address: str, user: str, key: Path) -> None:
 
 def run(config: Path, *command: str, timeout: float = 60, check: bool = False):
     """Run a command on the rehearsal host. `command` is passed as ssh arguments, which the
-    remote shell joins: callers pass constants only."""
-    return proc.run(
-        ["ssh", "-F", str(config), "-o", "BatchMode=yes", HOST_ALIAS, "--", *command],
-        check=check,
-        timeout=timeout,
-        what="ssh to the rehearsal host",
-    )
+    remote shell joins: callers pass constants only. A deployed host refuses root: then the
+    deploy user runs it (docs/contracts.md)."""
+    for login in ([], ["-l", DEPLOY_USER]):
+        result = proc.run(
+            ["ssh", "-F", str(config), "-o", "BatchMode=yes", *login, HOST_ALIAS, "--", *command],
+            check=False,
+            timeout=timeout,
+            what="ssh to the rehearsal host",
+        )
+        if not (result.returncode == 255 and "Permission denied" in result.stderr):
+            break
+    if check and result.returncode != 0:
+        raise RehearsalError(f"ssh to the rehearsal host failed: {proc.last_line(result)}")
+    return result
 
 
 def system_state(config: Path) -> str | None:

@@ -22,7 +22,8 @@ ROOTFS_DIR = "rootfs"
 PEBBLE_DIR = "pebble"
 PEBBLE_CA = "pebble-ca.pem"
 ACME_ROOT = "acme-root.pem"
-NSPAWN_PID = "nspawn.pid"
+NSPAWN_PID = "nspawn.pid"  # written by the supervisor at each (re)start of nspawn
+SUPERVISOR_PID = "supervisor.pid"
 PEBBLE_PID = "pebble.pid"
 CHALLTESTSRV_PID = "challtestsrv.pid"
 LOCK_FILE = "lock"
@@ -37,6 +38,7 @@ RUNTIME_FILES = (
     PEBBLE_CA,
     ACME_ROOT,
     NSPAWN_PID,
+    SUPERVISOR_PID,
     PEBBLE_PID,
     CHALLTESTSRV_PID,
     "nspawn.log",

@@ -7,7 +7,6 @@ the generated request/response classes as real objects, not strings.
 """
 
 import asyncio
-import threading
 import time
 import uuid
 from datetime import datetime
@@ -16,12 +15,11 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic_core import to_json
-from sqlalchemy import Engine
 
 from service.api.models import unknown_model
 from service.config import Settings
 from service.context import current_request_id
-from service.database import get_prediction, insert_predictions
+from service.database import get_prediction
 from service.errors import ProblemError, problem_responses
 from service.metrics import PREDICTION_LATENCY
 from service.predictors import LoadedModel, ModelRegistry
@@ -67,39 +65,10 @@ def _response_model(model: LoadedModel) -> type[BaseModel]:
     )
 
 
-class _Outcome:
-    """Decides, exactly once, whether a timed-out request's prediction is stored or dropped.
-
-    The worker thread claims ``STORE`` after inference, before writing; the request claims
-    ``ABANDON`` when its timeout fires. Whoever comes first wins: a 504 therefore means
-    nothing was or will be written, and once the write has begun the request waits for it
-    and answers normally (the timeout bounds inference; the write is bounded by the pool
-    and statement timeouts, as before).
-    """
-
-    STORE, ABANDON = "store", "abandon"
-    __slots__ = ("_decided", "_lock")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._decided: str | None = None
-
-    def claim(self, decision: str) -> bool:
-        with self._lock:
-            if self._decided is None:
-                self._decided = decision
-            return self._decided == decision
-
-
-def _predict_and_store(
-    model: LoadedModel,
-    engine: Engine,
-    batch: list[BaseModel],
-    request_id: str,
-    started: float,
-    outcome: _Outcome,
-) -> list[dict[str, Any]] | None:
-    """Inference then the write, in one executor hop. ``None``: the request timed out first."""
+def _infer(
+    model: LoadedModel, batch: list[BaseModel], request_id: str, started: float
+) -> tuple[list[uuid.UUID], list[BaseModel], list[tuple[Any, ...]]]:
+    """In the executor: inference, then the rows to store (ids, outputs, rows)."""
     name = model.manifest.name
     outputs = model.predictor.predict(batch)
     elapsed = time.perf_counter() - started  # queue wait + inference, as the timeout sees it
@@ -108,22 +77,15 @@ def _predict_and_store(
     if len(outputs) != len(batch) or not all(isinstance(o, output_schema) for o in outputs):
         # Checked here because the route answers without response_model re-validation.
         raise RuntimeError(f"model {name!r} returned outputs not matching its schema")
+    ids = [uuid.uuid4() for _ in batch]
+    version, latency_ms = model.manifest.version, elapsed * 1000
+    # input/output as JSON text straight from pydantic-core: the database parses it as jsonb.
     rows = [
-        {
-            "id": uuid.uuid4(),
-            "model_name": name,
-            "model_version": model.manifest.version,
-            "request_id": request_id,
-            "input": item.model_dump(mode="json"),
-            "output": output.model_dump(mode="json"),
-            "latency_ms": elapsed * 1000,
-        }
-        for item, output in zip(batch, outputs, strict=True)
-    ]
-    if not outcome.claim(_Outcome.STORE):
-        return None
-    insert_predictions(engine, rows)
-    return rows
+        (id_, name, version, request_id, item.model_dump_json(), output.model_dump_json(),
+         latency_ms)
+        for id_, item, output in zip(ids, batch, outputs, strict=True)
+    ]  # fmt: skip
+    return ids, outputs, rows
 
 
 def _add_predict_route(router: APIRouter, model: LoadedModel, settings: Settings) -> None:
@@ -141,39 +103,32 @@ def _add_predict_route(router: APIRouter, model: LoadedModel, settings: Settings
             )
         request_id = current_request_id() or uuid.uuid4().hex
         state = request.app.state
-        outcome = _Outcome()
-        # One hop off the event loop for inference and the write together (each hop costs a
-        # loop wake-up and GIL hand-offs under load). A thread cannot be killed: on timeout
-        # the outcome protocol guarantees that a 504 stores nothing.
-        work = asyncio.get_running_loop().run_in_executor(
-            state.executor,
-            _predict_and_store,
-            model,
-            state.engine,
-            batch,
-            request_id,
-            time.perf_counter(),
-            outcome,
+        # Inference runs off the event loop (a model may be slow or CPU-bound). A thread
+        # cannot be killed: on timeout its result is simply dropped, and as the write below
+        # only happens once inference returned in time, a 504 never stores anything.
+        inference = asyncio.get_running_loop().run_in_executor(
+            state.executor, _infer, model, batch, request_id, time.perf_counter()
         )
         try:
-            rows = await asyncio.wait_for(asyncio.shield(work), settings.predict_timeout_seconds)
+            ids, outputs, rows = await asyncio.wait_for(inference, settings.predict_timeout_seconds)
         except TimeoutError:
-            if outcome.claim(_Outcome.ABANDON):
-                raise ProblemError(
-                    504,
-                    f"model {name!r} did not answer within {settings.predict_timeout_seconds}s",
-                    problem_type="urn:plinth:problem:prediction-timeout",
-                ) from None
-            rows = await work  # inference finished in time and the write has begun
-        assert rows is not None  # only ABANDON (handled above) yields None
-        # Reached only after COMMIT: an acknowledged prediction is never lost. The payload is
-        # built from already-validated outputs, so it is serialised directly (pydantic-core's
-        # JSON encoder) instead of being validated again against response_model.
+            raise ProblemError(
+                504,
+                f"model {name!r} did not answer within {settings.predict_timeout_seconds}s",
+                problem_type="urn:plinth:problem:prediction-timeout",
+            ) from None
+        # Group commit with concurrent requests; returns only after our rows' COMMIT, so an
+        # acknowledged prediction is never lost. Bounded by the statement timeout.
+        await state.prediction_writer.write(rows)
+        # The outputs were validated by the model's schema already, so they are serialised
+        # directly (pydantic-core's JSON encoder) instead of validated again by response_model.
         payload = {
             "model": name,
             "model_version": version,
             "request_id": request_id,
-            "predictions": [{"id": row["id"], "output": row["output"]} for row in rows],
+            "predictions": [
+                {"id": id_, "output": output} for id_, output in zip(ids, outputs, strict=True)
+            ],
         }
         return Response(to_json(payload), media_type="application/json")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -21,6 +22,24 @@ if str(REPO) not in sys.path:  # the tests read host names from infra.deploys.la
 # PLINTH_INFRA_INVENTORY=infra/inventories/vagrant.py and a host.json describing it.
 INVENTORY = os.environ.get("PLINTH_INFRA_INVENTORY") or "infra/inventories/rehearsal.py"
 SITE = "infra/deploys/site.py"
+
+
+def login_user(rehearsal: dict) -> str:
+    """Who logs in once a deploy ran: the deploy user where a fresh host let only root in (the
+    deploy turned root login off), else the host's own login user (Vagrant's)."""
+    from infra.deploys import layout
+
+    user = rehearsal.get("ssh_user", "root")
+    return layout.DEPLOY_USER if user == "root" else user
+
+
+def ssh_argv(rehearsal: dict, command: str) -> list[str]:
+    """`ssh` to the deployed host running `command` (a shell line) as root, through sudo."""
+    user = login_user(rehearsal)
+    options = ["IdentitiesOnly=yes", "BatchMode=yes", "StrictHostKeyChecking=no"]
+    options += ["UserKnownHostsFile=/dev/null", "LogLevel=ERROR", "ConnectTimeout=10"]
+    argv = ["ssh", "-i", str(rehearsal["ssh_key"]), *(f"-o{option}" for option in options)]
+    return [*argv, f"{user}@{rehearsal['address']}", f"sudo -n sh -c {shlex.quote(command)}"]
 
 
 def host_json_path() -> Path:
@@ -87,8 +106,8 @@ def ssh_config(rehearsal, tmp_path_factory) -> Path:
     path.write_text(
         "Host rehearsal\n"
         f"  HostName {rehearsal['address']}\n"
-        f"  User {rehearsal.get('ssh_user', 'root')}\n"
-        f"  IdentityFile {rehearsal['ssh_key']}\n"
+        f"  User {login_user(rehearsal)}\n"
+        f"  IdentityFile {rehearsal['ssh_key']}\n  IdentitiesOnly yes\n"
         "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
     )
     return path
@@ -96,10 +115,9 @@ def ssh_config(rehearsal, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def host(first_deploy, ssh_config, rehearsal):
-    """testinfra over SSH to the deployed rehearsal host (commands run as root, through sudo
-    when the login user is not root, e.g. Vagrant's)."""
-    sudo = rehearsal.get("ssh_user", "root") != "root"
-    return testinfra.get_host("ssh://rehearsal", ssh_config=str(ssh_config), sudo=sudo)
+    """testinfra over SSH to the deployed rehearsal host as its login user (root login is off),
+    commands run as root through sudo."""
+    return testinfra.get_host("ssh://rehearsal", ssh_config=str(ssh_config), sudo=True)
 
 
 @pytest.fixture(scope="session")

@@ -37,6 +37,8 @@ def _assert_refused(run, message: str) -> None:
         pytest.param("tls_acme_email=ops-at-plinth", "is not a valid e-mail", id="bad-email"),
         pytest.param("app_workers=0", "app_workers 0 is out of range", id="no-workers"),
         pytest.param("app_workers=500", "out of range", id="too-many-workers"),
+        pytest.param("db_owner=plinth", "must not own its tables", id="service-owns-db"),
+        pytest.param("db_owner=Plinth-Owner", "not a plain PostgreSQL role", id="bad-role"),
     ],
 )
 def test_bad_data_is_refused_before_any_change(first_deploy, host, deploy, data, message):

@@ -399,3 +399,53 @@ def test_up_after_the_host_died_cleans_up_and_boots_again(state_dir, env) -> Non
     assert start_time(state["init_pid"]) != state["init_started"]
     assert ssh(state_dir, "systemctl", "is-system-running").stdout.strip() == "running"
     _down_and_check(state_dir, env)
+
+
+def test_reboot_inside_the_host_brings_it_back_and_down_leaves_nothing(state_dir, env) -> None:
+    # A reboot ends nspawn (exit status 133); the tool's supervisor starts it again on the same
+    # root filesystem and re-applies the gateway address and NAT for the new veth.
+    assert cli("up", env=env).returncode == 0
+    before = json.loads((state_dir / "state.json").read_text())
+    boot_id = ssh(state_dir, "cat", "/proc/sys/kernel/random/boot_id").stdout.strip()
+    assert ssh(state_dir, "sh", "-c", "'echo kept > /root/before-reboot'").returncode == 0
+
+    ssh(state_dir, "systemctl", "reboot")  # the connection may end under it
+    rebooted_at = time.monotonic()
+    new_boot_id = ""
+    while time.monotonic() - rebooted_at < 120:
+        new_boot_id = ssh(state_dir, "cat", "/proc/sys/kernel/random/boot_id").stdout.strip()
+        if new_boot_id not in ("", boot_id):
+            break
+        time.sleep(0.5)
+    assert new_boot_id not in ("", boot_id), "the host did not come back from its reboot"
+    while time.monotonic() - rebooted_at < 120:
+        system = ssh(state_dir, "systemctl", "is-system-running").stdout.strip()
+        if system not in ("starting", "initializing", ""):
+            break
+        time.sleep(0.5)
+    assert system == "running", system
+    print(f"\nback and running {time.monotonic() - rebooted_at:.1f} s after `systemctl reboot`")
+
+    after = json.loads((state_dir / "state.json").read_text())
+    assert after["supervisor_pid"] == before["supervisor_pid"]
+    assert after["nspawn_pid"] != before["nspawn_pid"] and after["reboots"] == 1
+    assert start_time(after["init_pid"]) == after["init_started"]
+    assert ssh(state_dir, "cat", "/root/before-reboot").stdout.strip() == "kept"
+    status = cli("status", env=env)
+    assert status.returncode == 0 and "systemd:   running" in status.stdout, status.stdout
+    assert GATEWAY in subprocess.run(["ip", "-br", "addr"], capture_output=True, text=True).stdout
+    # The host reaches pebble on the gateway again, over the re-addressed veth.
+    host = json.loads((state_dir / "host.json").read_text())
+    (state_dir / "rootfs" / "root" / "pebble-ca.pem").write_text(
+        Path(host["acme_ca_bundle"]).read_text()
+    )
+    probe = (
+        "import json, ssl, urllib.request;"
+        "c = ssl.create_default_context(cafile='/root/pebble-ca.pem');"
+        f"print(json.load(urllib.request.urlopen('{host['acme_directory']}', context=c))"
+        "['newOrder'])"
+    )
+    fetched = ssh(state_dir, "python3", "-c", f'"{probe}"')
+    assert fetched.stdout.strip().endswith("/order-plz"), fetched.stderr
+
+    _down_and_check(state_dir, env)

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 
 import pytest
-from conftest import REPO, host_json_path, run_deploy
+from conftest import REPO, host_json_path, run_deploy, ssh_argv
 
 from infra.deploys import layout
 
@@ -80,10 +80,7 @@ def deploy_revision(revision: str, **env: str):
 
 
 def ssh(rehearsal, command: str) -> str:
-    config = host_json_path().parent / "ssh_config"
-    result = subprocess.run(
-        ["ssh", "-F", str(config), "rehearsal", command], capture_output=True, text=True
-    )
+    result = subprocess.run(ssh_argv(rehearsal, command), capture_output=True, text=True)
     return result.stdout.strip()
 
 
@@ -96,6 +93,16 @@ def served_release_dirs(rehearsal) -> set[str]:
         f"| grep -o '{layout.RELEASES_DIR}/[^/]*' | sort -u",
     )
     return set(out.split())
+
+
+def https_status(rehearsal, path: str) -> int:
+    """The status of GET `path` through nginx over HTTPS, from the control machine."""
+    conn = Traffic(rehearsal)._connection()
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status
+    finally:
+        conn.close()
 
 
 def current_release(rehearsal) -> str:
@@ -120,13 +127,19 @@ def test_a_release_that_fails_readiness_is_rolled_back(first_deploy, rehearsal):
     with Traffic(rehearsal) as traffic:
         run = deploy_revision("test-broken", PLINTH_RELEASE_FAULT="readyz")
     assert run.returncode != 0
-    assert "health check through nginx" in run.stderr and "readyz: HTTP 503" in run.stderr
-    assert "rolled back to" in run.stderr
+    # One line names the failed check and the health-checked switch back.
+    (message,) = [line for line in run.stderr.splitlines() if "plinth-release: error:" in line]
+    assert "health check through nginx" in message and "readyz: HTTP 503" in message, message
+    assert f"rolled back to {before.rsplit('/', 1)[-1]}, which serves again" in message, message
+    assert "(readyz 200, version test-one)" in message, message
     assert traffic.failures == [], traffic.failures[:5]
     assert current_release(rehearsal) == before
+    # The previous release's own code serves (not only `current`), ready, at its revision.
+    assert served_release_dirs(rehearsal) == {before}
     with Traffic(rehearsal) as after:
         time.sleep(2)
     assert set(after.revisions) == {"test-one"}, after.revisions
+    assert https_status(rehearsal, "/readyz") == 200
 
 
 def test_rollback_goes_to_the_previous_release_with_zero_failed_requests(first_deploy, rehearsal):
@@ -162,14 +175,13 @@ def test_pruning_keeps_five_releases_and_never_the_running_one(first_deploy, reh
 
 
 def test_a_second_deploy_fails_naming_the_lock_holder_until_it_is_broken(first_deploy, rehearsal):
-    config = host_json_path().parent / "ssh_config"
     holder = subprocess.Popen(
-        [
-            "ssh", "-F", str(config), "rehearsal",
-            "/usr/local/sbin/plinth-release lock-acquire someone-else 0 wait; sleep 60",
-        ],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        ssh_argv(
+            rehearsal, "/usr/local/sbin/plinth-release lock-acquire someone-else 0 wait; sleep 60"
+        ),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "ok"
     try:
         run = run_deploy()

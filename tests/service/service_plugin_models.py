@@ -39,3 +39,22 @@ class BrokenPredictor(SleepyPredictor):
 
     def predict(self, batch: Sequence[BaseModel]) -> list[BaseModel]:
         raise RuntimeError("secret internal detail /etc/plinth/weights")
+
+
+class Text(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    text: str
+
+
+class ParrotPredictor:
+    """Repeats its text input: any string, including ones the database cannot store."""
+
+    input_schema = Text
+    output_schema = Text
+
+    @classmethod
+    def load(cls, artifact: Path) -> Self:
+        return cls()
+
+    def predict(self, batch: Sequence[BaseModel]) -> list[BaseModel]:
+        return [Text(text=item.text) for item in batch]  # type: ignore[attr-defined]

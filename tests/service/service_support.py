@@ -41,7 +41,8 @@ def write_model(artifacts_dir: Path, name: str, predictor: str, weights: dict) -
 
 
 def artifacts_with_test_models(root: Path, *, sleepy_delay: float = 1.0) -> Path:
-    """A copy of the packaged artifacts plus the ``sleepy`` and ``broken`` test models."""
+    """A copy of the packaged artifacts plus the ``sleepy``, ``broken`` and ``parrot`` test
+    models."""
     artifacts = root / "artifacts"
     shutil.copytree(PACKAGED_ARTIFACTS_DIR, artifacts)
     write_model(
@@ -51,6 +52,7 @@ def artifacts_with_test_models(root: Path, *, sleepy_delay: float = 1.0) -> Path
         {"delay_seconds": sleepy_delay},
     )
     write_model(artifacts, "broken", "service_plugin_models:BrokenPredictor", {"delay_seconds": 0})
+    write_model(artifacts, "parrot", "service_plugin_models:ParrotPredictor", {})
     return artifacts
 
 

@@ -18,7 +18,7 @@ def test_200_concurrent_predictions(settings: Settings, db: psycopg.Connection) 
     async def fire() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            return await asyncio.gather(
+            responses = await asyncio.gather(
                 *(
                     client.post(
                         "/v1/models/iris/predict",
@@ -28,6 +28,8 @@ def test_200_concurrent_predictions(settings: Settings, db: psycopg.Connection) 
                     for i in range(200)
                 )
             )
+        await app.state.prediction_writer.close()  # no lifespan under ASGITransport
+        return responses
 
     responses = asyncio.run(fire())
     app.state.engine.dispose()

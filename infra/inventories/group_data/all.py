@@ -1,8 +1,12 @@
 """Policy for every host. Each deploy documents its keys and defaults in its data_defaults;
 set here only what differs from those defaults everywhere."""
 
-# Connect as root unless an inventory says otherwise (production may use a sudo user).
-ssh_user = "root"
+# The login (ssh_user, _sudo) is the inventory's: the deploy user once a first deploy made it,
+# root before (infra/deploys/login.py; infra/deploys/access.py sets the deploy user up).
+# A login user uploads a file, sudo copies it into place. pyinfra would stage it in the TMPDIR
+# sudo's root gets, which libpam-tmpdir (os_hardening.py) makes private to root: stage in
+# /tmp, as on a stock host (nothing secret is uploaded; secrets are made on the host).
+_temp_dir = "/tmp"  # noqa: S108 (see above)
 
 # --- hardening and operations (issue 6; docs/operations.md) -------------------------------------
 # Firewall (infra/deploys/firewall.py): inbound TCP ports open to everyone; all else dropped.

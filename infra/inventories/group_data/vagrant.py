@@ -11,6 +11,9 @@ app_environment = "production"  # rehearse exactly what production runs
 # Vagrant's login user, with passwordless sudo (the connector sets ssh_user from ssh-config).
 ssh_user = "vagrant"
 _sudo = True
+# ... which is the deploy user here: Vagrant keeps its keys (infra/deploys/access.py leaves an
+# existing authorized_keys alone); root and password login go off as on any host.
+deploy_user = "vagrant"
 # Every `vagrant up` makes new host keys behind a recycled address: never prompt, never
 # remember them in ~/.ssh/known_hosts.
 ssh_known_hosts_file = "/dev/null"

@@ -1,0 +1,175 @@
+"""Logins: the deploy user (key only, passwordless sudo) and sshd's policy (no root, no
+password, Lynis' recommendations), without ever locking the deploy out.
+
+Why site.py does this itself rather than a separate bootstrap deploy: the inventories pick the
+login (infra/deploys/login.py: the deploy user once it works, root on a fresh host), so the
+same one command converges a fresh host and a deployed one. On the run that logs in as root,
+the deploy user is created, then proven from the control machine (key login + `sudo -n`), and
+only then is root login turned off; a run that logs in as the deploy user has proven it by
+connecting. Either way root login goes off in the run that made the user, and the next run,
+as the deploy user, changes nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+
+from pyinfra import host, logger
+from pyinfra.api import DeployError, FactBase, deploy, operation
+from pyinfra.facts.files import File, Sha1File
+from pyinfra.operations import apt, python, server, systemd
+
+from infra.deploys import layout
+from infra.deploys.hostops import validated_file
+from infra.deploys.login import LoginError, prove_deploy_login
+from infra.deploys.templating import render
+
+ACCESS_DEFAULTS = {
+    # The user every deploy but a host's first logs in as; sudo without a password.
+    "deploy_user": layout.DEPLOY_USER,
+    # Public keys (lines) that may log in as deploy_user; exactly these when set. Empty: the
+    # deploy user starts with the keys root has (those that let the first deploy in).
+    "deploy_authorized_keys": [],
+    # sshd: authentication attempts per connection (an agent offers its keys one by one).
+    "ssh_max_auth_tries": 3,
+    # sshd: sessions per connection; pyinfra and multiplexed ssh (testinfra) open a few.
+    "ssh_max_sessions": 4,
+    # sshd: seconds between checks that a silent client is still there (2 misses: dropped).
+    "ssh_client_alive_interval": 300,
+}
+ROOT_AUTHORIZED_KEYS = "/root/.ssh/authorized_keys"
+# sshd's numbers above; sshd itself judges their range (`sshd -t`).
+SSHD_NUMBERS = ("ssh_max_auth_tries", "ssh_max_sessions", "ssh_client_alive_interval")
+# What login.py needs to log in the way this run did.
+_LOGIN_KEYS = (
+    "ssh_hostname",
+    "ssh_port",
+    "ssh_key",
+    "ssh_config_file",
+    "ssh_known_hosts_file",
+    "ssh_strict_host_key_checking",
+)
+
+
+@deploy("Logins: deploy user and sshd", data_defaults=ACCESS_DEFAULTS)
+def access() -> None:
+    data = host.data
+    user = str(data.deploy_user)
+    if user == "root":
+        raise DeployError("deploy_user must not be root (root login is turned off)")
+    home = f"/home/{user}"
+    apt.packages(name="sudo and sshd", packages=["sudo", "openssh-server"], no_recommends=True)
+    server.user(  # noqa: S604 (a login shell, not subprocess shell=True)
+        name=f"Deploy user {user}", user=user, home=home, shell="/bin/bash", create_home=True
+    )
+    # Key logins still pass PAM's password ageing: an "expired" password would lock the deploy
+    # user out (and root login is off), so its password, which it does not have, never expires.
+    password_never_expires(user=user, name=f"{user}'s (unset) password never expires")
+    keys = data.deploy_authorized_keys or []
+    keys = [keys] if isinstance(keys, str) else keys
+    keys = [str(key).strip() for key in keys if str(key).strip()]
+    if keys:
+        server.user_authorized_keys(
+            name=f"{user}'s authorized keys (from data)",
+            user=user,
+            public_keys=keys,
+            delete_keys=True,
+            authorized_key_directory=f"{home}/.ssh",
+        )
+    else:
+        keys_from_root(user=user, home=home, name=f"{user}'s authorized keys (root's, once)")
+    validated_file(
+        name=f"sudo: {user} without a password (visudo-checked)",
+        path=layout.SUDOERS_DROPIN,
+        content=render("sudo/plinth-deploy.j2", deploy_user=user),
+        check="visudo -cq -f {path}",
+        mode="440",
+    )
+
+    policy = render(
+        "ssh/sshd-plinth.conf.j2",
+        deploy_user=user,
+        **{key: _whole_number(data, key) for key in SSHD_NUMBERS},
+    )
+    policy_changes = host.get_fact(Sha1File, path=layout.SSHD_DROPIN) != _sha1(policy)
+    if policy_changes and data.get("ssh_user") != user:
+        # This run did not log in as the deploy user: prove it can before root login goes.
+        python.call(
+            name=f"{user} logs in with its key and sudo works (from the control machine)",
+            function=_prove_login,
+            login_data={key: data.get(key) for key in _LOGIN_KEYS},
+            user=user,
+        )
+    sshd = validated_file(
+        name="sshd: keys only, no root login (sshd -t checked)",
+        path=layout.SSHD_DROPIN,
+        content=policy,
+        # The candidate first, then the whole configuration: its values win, as they will.
+        check=(
+            "printf 'Include %s\\nInclude /etc/ssh/sshd_config\\n' {path} "
+            "| /usr/sbin/sshd -t -f /dev/stdin"
+        ),
+    )
+    # A reload keeps every open session, this deploy's own included.
+    systemd.service(name="Reload sshd", service="ssh", reloaded=True, _if=sshd.did_change)
+
+
+def _whole_number(data, key: str) -> int:
+    value = data.get(key)
+    if isinstance(value, bool) or not str(value).lstrip("-").isdigit():
+        raise DeployError(f"{key} {value!r} is not a whole number")
+    return int(value)
+
+
+def _sha1(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()  # noqa: S324 (a checksum, as Sha1File)
+
+
+def _prove_login(state, host, login_data: dict, user: str) -> bool:
+    """python.call callback: False (the operation fails, root login stays on) with one line."""
+    try:
+        prove_deploy_login(login_data, user)
+    except LoginError as error:
+        host.log_styled(str(error), fg="red", log_func=logger.error)
+        return False
+    return True
+
+
+@operation()
+def keys_from_root(user: str, home: str):
+    """The deploy user gets root's authorized_keys once (it has none yet): whoever deployed
+    as root can log in as the deploy user. Left alone afterwards."""
+    target = f"{home}/.ssh/authorized_keys"
+    if host.get_fact(File, path=target):
+        host.noop(f"{target} exists")
+        return
+    if not host.get_fact(File, path=ROOT_AUTHORIZED_KEYS):
+        raise DeployError(
+            f"{user} has no authorized_keys and root has none to give: set "
+            "deploy_authorized_keys (your public keys) in group data"
+        )
+    u, h, t = shlex.quote(user), shlex.quote(home), shlex.quote(target)
+    yield (
+        f"install -d -m 700 -o {u} -g {u} {h}/.ssh && "
+        f"install -m 600 -o {u} -g {u} {ROOT_AUTHORIZED_KEYS} {t}"
+    )
+
+
+class PasswordMaxDays(FactBase):
+    """/etc/shadow's maximum password age of `user`: "" when none, "absent" with no user."""
+
+    def command(self, user):
+        u = shlex.quote(user)
+        return f'if e=$(getent shadow {u}); then echo "$e" | cut -d: -f5; else echo absent; fi'
+
+    def process(self, output):
+        return "".join(output).strip()
+
+
+@operation()
+def password_never_expires(user: str):
+    """No maximum password age for `user` (made earlier in this run when it is absent)."""
+    if host.get_fact(PasswordMaxDays, user=user) in ("", "-1"):
+        host.noop(f"{user}'s password never expires")
+        return
+    yield f"chage --maxdays -1 {shlex.quote(user)}"

@@ -1,0 +1,156 @@
+"""Logins and updates (issue 6): root and passwords cannot log in, the deploy user can (key,
+sudo without a password), sshd runs the hardened settings, a bad sshd setting never reaches
+sshd, a re-deploy logs in as the deploy user and changes none of it, and Debian's
+unattended-upgrades installs security updates daily."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import paramiko
+import pytest
+from conftest import login_user
+
+from infra.deploys import layout
+
+pytestmark = pytest.mark.infra
+
+# What `sshd -T` must report (lower-case keys, as it prints them).
+SSHD_EFFECTIVE = {
+    "permitrootlogin": "no",
+    "passwordauthentication": "no",
+    "kbdinteractiveauthentication": "no",
+    "pubkeyauthentication": "yes",
+    "authenticationmethods": "publickey",
+    "permitemptypasswords": "no",
+    "allowtcpforwarding": "no",
+    "allowagentforwarding": "no",
+    "x11forwarding": "no",
+    "clientalivecountmax": "2",
+    "loglevel": "VERBOSE",
+    "maxauthtries": "3",
+    "maxsessions": "4",
+    "tcpkeepalive": "no",
+    "compression": "no",
+    "port": "22",
+}
+ACCESS_OPERATIONS = ("Logins: deploy user and sshd |", "Security updates |")
+
+
+def _ssh(rehearsal: dict, user: str, *command: str) -> subprocess.CompletedProcess:
+    options = ["IdentitiesOnly=yes", "BatchMode=yes", "StrictHostKeyChecking=no"]
+    options += ["UserKnownHostsFile=/dev/null", "ConnectTimeout=10"]
+    return subprocess.run(
+        [
+            *("ssh", "-i", str(rehearsal["ssh_key"]), *(f"-o{option}" for option in options)),
+            *(f"{user}@{rehearsal['address']}", "--", *command),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _offered_methods(address: str, user: str) -> list[str]:
+    """The authentication methods sshd offers `user` (the answer to the SSH "none" method)."""
+    transport = paramiko.Transport((address, 22))
+    try:
+        transport.start_client(timeout=10)
+        try:
+            transport.auth_none(user)
+        except paramiko.BadAuthenticationType as answer:
+            return list(answer.allowed_types)
+        return ["none"]  # logged in without any authentication
+    finally:
+        transport.close()
+
+
+def _sshd_settings(host) -> dict[str, str]:
+    lines = host.check_output("/usr/sbin/sshd -T").splitlines()
+    return dict(line.split(" ", 1) for line in lines if " " in line)
+
+
+def test_root_login_is_refused_even_with_roots_own_key(first_deploy, rehearsal, host):
+    result = _ssh(rehearsal, "root", "true")
+    assert result.returncode == 255 and "Permission denied" in result.stderr, result.stderr
+    if rehearsal.get("ssh_user", "root") == "root":
+        # The key is still in root's authorized_keys: refused by policy, not for a wrong key.
+        public_key = Path(f"{rehearsal['ssh_key']}.pub").read_text().split()[1]
+        assert host.file("/root/.ssh/authorized_keys").contains(public_key)
+
+
+@pytest.mark.parametrize("who", ["root", "deploy user"])
+def test_only_public_keys_are_offered_no_password(first_deploy, rehearsal, who):
+    user = "root" if who == "root" else login_user(rehearsal)
+    assert _offered_methods(rehearsal["address"], user) == ["publickey"]
+
+
+def test_the_deploy_user_logs_in_with_its_key_and_sudo_needs_no_password(first_deploy, rehearsal):
+    user = login_user(rehearsal)
+    result = _ssh(rehearsal, user, "id -un && sudo -n id -un")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [user, "root"]
+
+
+def test_the_deploy_user_has_no_password_and_a_checked_sudo_rule(first_deploy, rehearsal, host):
+    user = login_user(rehearsal)
+    if user == layout.DEPLOY_USER:  # made by the deploy (Vagrant's user comes with the box)
+        assert host.check_output(f"passwd -S {user}").split()[1] in ("L", "NP")
+    rule = host.file(layout.SUDOERS_DROPIN)
+    assert (rule.user, rule.group, rule.mode) == ("root", "root", 0o440)
+    assert rule.contains(f"^{user} ALL=(ALL:ALL) NOPASSWD: ALL$")
+    assert host.run("visudo -c").rc == 0
+
+
+def test_sshd_runs_the_hardened_settings(first_deploy, host):
+    settings = _sshd_settings(host)
+    wrong = {k: settings.get(k) for k, v in SSHD_EFFECTIVE.items() if settings.get(k) != v}
+    assert wrong == {}, f"sshd -T differs: {wrong}"
+    assert int(settings["clientaliveinterval"]) > 0  # else ClientAliveCountMax means nothing
+    assert host.service("ssh").is_running
+
+
+def test_unattended_upgrades_installs_security_updates_daily(first_deploy, host):
+    assert host.package("unattended-upgrades").is_installed
+    config = host.check_output("apt-config dump")
+    assert 'APT::Periodic::Update-Package-Lists "1";' in config
+    assert 'APT::Periodic::Unattended-Upgrade "1";' in config
+    assert "label=Debian-Security" in config  # Debian's origins for security updates
+    for timer in ("apt-daily.timer", "apt-daily-upgrade.timer"):
+        assert host.service(timer).is_enabled, timer
+        assert host.service(timer).is_running, timer
+
+
+def test_a_setting_sshd_rejects_is_never_installed(first_deploy, rehearsal, host, deploy):
+    before = host.file(layout.SSHD_DROPIN).sha256sum
+    run = deploy("--data", "ssh_client_alive_interval=-3")
+    assert run.returncode != 0
+    assert "invalid time value" in run.stderr, run.stderr[-2000:]
+    assert host.file(layout.SSHD_DROPIN).sha256sum == before
+    assert not host.file(f"{layout.SSHD_DROPIN}.candidate").exists
+    assert _sshd_settings(host)["clientaliveinterval"] == "300"
+    assert _ssh(rehearsal, login_user(rehearsal), "sudo -n true").returncode == 0
+
+
+def test_a_redeploy_logs_in_as_the_deploy_user_and_changes_no_login(
+    first_deploy, rehearsal, host, deploy
+):
+    since = host.check_output("date +%s")
+    time.sleep(1)
+    run = deploy()
+    assert run.returncode == 0, run.stderr[-3000:]
+    operations = json.loads(run.stdout)["results"]["operations"]
+    changed = [op["name"] for op in operations if op["name"].startswith(ACCESS_OPERATIONS)]
+    assert changed, "no login or update operation ran"
+    changed = [op["name"] for op in operations if op["name"] in changed and op["success"]]
+    assert changed == []
+    # sshd logs as `sshd` (Debian 12) or `sshd-session` (13); VERBOSE names the key too.
+    logins = host.check_output(
+        f"journalctl --since @{since} -o cat SYSLOG_IDENTIFIER=sshd "
+        "SYSLOG_IDENTIFIER=sshd-session | grep Accepted || true"
+    )
+    assert f"Accepted publickey for {login_user(rehearsal)} " in logins, logins
+    assert "for root " not in logins, logins

@@ -1,0 +1,152 @@
+"""Group commit: concurrent predictions share one INSERT, yet each request is answered from
+its own batch's outcome, and nothing acknowledged is ever lost."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import psycopg
+from conftest import libpq
+from fastapi import FastAPI
+from service_support import IRIS_INPUT
+
+from service.app import create_app
+from service.config import Settings
+
+
+@asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
+    finally:
+        await app.state.prediction_writer.close()
+        app.state.engine.dispose()
+
+
+def iris(client: httpx.AsyncClient, index: int):
+    return client.post(
+        "/v1/models/iris/predict",
+        json={"inputs": [{**IRIS_INPUT, "sepal_length_cm": 4 + index / 100}]},
+    )
+
+
+def stored_ids(db: psycopg.Connection) -> list[str]:
+    return [row[0] for row in db.execute("SELECT id::text FROM predictions").fetchall()]
+
+
+def acknowledged(responses: list[httpx.Response]) -> list[str]:
+    return [r.json()["predictions"][0]["id"] for r in responses if r.status_code == 200]
+
+
+def test_concurrent_predictions_share_transactions(settings: Settings, db: psycopg.Connection):
+    async def burst() -> list[httpx.Response]:
+        async with serving(create_app(settings)) as client:
+            return await asyncio.gather(*(iris(client, i) for i in range(60)))
+
+    responses = asyncio.run(burst())
+    assert [r.status_code for r in responses] == [200] * 60
+    assert sorted(stored_ids(db)) == sorted(acknowledged(responses))
+    # now() is the transaction's start: rows written together share it.
+    transactions = db.execute("SELECT count(DISTINCT created_at) FROM predictions").fetchone()[0]
+    assert transactions < 60
+
+
+def test_a_failed_batch_fails_every_request_in_it(
+    settings: Settings, db: psycopg.Connection, migrated_database: str
+) -> None:
+    """The table is locked so the batch's INSERT runs into the statement timeout: every
+    request waiting on it gets a 503 with Retry-After, none of them is stored, and what
+    was acknowledged before and after is."""
+    app = create_app(settings.model_copy(update={"db_statement_timeout_ms": 400}))
+
+    async def scenario() -> tuple[list[httpx.Response], list[httpx.Response]]:
+        async with serving(app) as client:
+            ok = [await iris(client, 0)]
+            with psycopg.connect(libpq(migrated_database)) as locker:
+                locker.execute("LOCK TABLE predictions IN SHARE MODE")  # blocks INSERT only
+                failed = await asyncio.gather(*(iris(client, i) for i in range(1, 21)))
+                locker.rollback()
+            ok.append(await iris(client, 21))
+            return ok, failed
+
+    ok, failed = asyncio.run(scenario())
+    assert [r.status_code for r in ok] == [200, 200]
+    assert {r.status_code for r in failed} == {503}
+    assert all(r.headers["retry-after"].isdigit() for r in failed)
+    assert {r.headers["content-type"] for r in failed} == {"application/problem+json"}
+    assert sorted(stored_ids(db)) == sorted(acknowledged(ok))
+
+
+def test_a_lost_connection_is_replaced_without_failing_the_request(
+    settings: Settings, db: psycopg.Connection
+) -> None:
+    """No pre-ping: the writer finds its connection dead when it uses it, opens a new one
+    and sends the batch again, once."""
+
+    async def scenario() -> list[httpx.Response]:
+        async with serving(create_app(settings)) as client:
+            first = await iris(client, 0)
+            db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = 'plinth' AND datname = current_database()"
+            )
+            return [first, await iris(client, 1), await iris(client, 2)]
+
+    responses = asyncio.run(scenario())
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    assert sorted(stored_ids(db)) == sorted(acknowledged(responses))
+
+
+def test_sending_a_batch_again_stores_it_once(settings: Settings, db: psycopg.Connection) -> None:
+    """What makes the retry safe when the first attempt committed but its answer was lost."""
+    rows = [
+        (uuid.uuid4(), "iris", "1.0.0", f"again-{i}", '{"a": 1}', '{"b": 2}', 1.0) for i in range(3)
+    ]
+
+    async def twice() -> None:
+        app = create_app(settings)
+        try:
+            await app.state.prediction_writer.write(rows)
+            await app.state.prediction_writer.write(rows)
+        finally:
+            await app.state.prediction_writer.close()
+            app.state.engine.dispose()
+
+    asyncio.run(twice())
+    assert sorted(stored_ids(db)) == sorted(str(row[0]) for row in rows)
+
+
+def test_a_request_the_database_refuses_fails_alone(
+    settings: Settings, db: psycopg.Connection, migrated_database: str
+) -> None:
+    """jsonb refuses \\u0000. Queued behind a blocked batch, that request and five good ones
+    form the next batch: the good ones are stored and answered, only the bad one fails (422)."""
+    app = create_app(settings.model_copy(update={"models": ["parrot"]}))
+
+    def parrot(client: httpx.AsyncClient, text: str):
+        return client.post("/v1/models/parrot/predict", json={"inputs": [{"text": text}]})
+
+    async def scenario() -> tuple[httpx.Response, list[httpx.Response], httpx.Response]:
+        async with serving(app) as client:
+            with psycopg.connect(libpq(migrated_database)) as locker:
+                locker.execute("LOCK TABLE predictions IN SHARE MODE")
+                first = asyncio.ensure_future(parrot(client, "first"))
+                await asyncio.sleep(1.0)  # its batch now waits for the lock
+                rest = [asyncio.ensure_future(parrot(client, f"good {i}")) for i in range(5)]
+                bad = asyncio.ensure_future(parrot(client, "bad \u0000"))
+                await asyncio.sleep(1.0)  # all of them queued behind it
+                locker.rollback()
+            return await first, list(await asyncio.gather(*rest)), await bad
+
+    first, good, bad = asyncio.run(scenario())
+    assert [r.status_code for r in [first, *good]] == [200] * 6
+    assert bad.status_code == 422  # the client's data, not a server fault
+    assert bad.headers["content-type"] == "application/problem+json"
+    assert bad.json()["type"] == "urn:plinth:problem:unstorable-input"
+    assert sorted(stored_ids(db)) == sorted(acknowledged([first, *good]))
