@@ -113,7 +113,9 @@ def kill_orphan(init_pid: int | None, started: int | None) -> None:
         return
     with contextlib.suppress(ProcessLookupError):
         os.kill(init_pid, signal.SIGKILL)  # systemd as PID 1 would take TERM as "re-exec"
-    deadline = time.monotonic() + 5
+    # A namespace full of processes (and its veth) can take several seconds to go on a busy
+    # machine; a new nspawn started before that fails on the same root and interface name.
+    deadline = time.monotonic() + 30
     while proc.start_time(init_pid) == started and time.monotonic() < deadline:
         time.sleep(0.1)
 
