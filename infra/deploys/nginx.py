@@ -11,6 +11,18 @@ from pyinfra.operations.util import any_changed
 
 from infra.deploys import layout
 from infra.deploys.templating import template
+from service.config import Settings
+
+# Gunicorn closes an idle keep-alive connection after PLINTH_KEEPALIVE_SECONDS; nginx must drop
+# its idle upstream connections first, or a POST (never retried) may be written to a connection
+# Gunicorn is closing and get a 502.
+_SERVICE_KEEPALIVE_DEFAULT = Settings.model_fields["keepalive_seconds"].default
+
+
+def upstream_keepalive_timeout(extra_env: dict | None) -> int:
+    service_keepalive = int((extra_env or {}).get("KEEPALIVE_SECONDS", _SERVICE_KEEPALIVE_DEFAULT))
+    return max(1, service_keepalive - 1)
+
 
 NGINX_DEFAULTS = {
     # server_name of the site; the inventory's domain.
@@ -52,6 +64,7 @@ def nginx() -> None:
             name="Site: port 80, upstream to the service's socket",
             server_name=data.domain,
             upstream_keepalive=data.nginx_upstream_keepalive,
+            upstream_keepalive_timeout=upstream_keepalive_timeout(data.app_extra_env),
             predict_rate=data.nginx_predict_rate,
         ),
         template(

@@ -99,8 +99,11 @@ def is_running(pid: int | None, marker: str) -> bool:
     if not pid:
         return False
     child = _children.get(pid)
-    if child is not None and child.poll() is not None:
-        return False
+    if child is not None:
+        # Our own child, not yet reaped: its PID cannot belong to anyone else, and its command
+        # line is not always readable (an empty read, seen on a busy machine, made a starting
+        # supervisor look gone).
+        return child.poll() is None
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:

@@ -49,3 +49,19 @@ def test_metrics_only_from_the_host_itself(host, rehearsal):
 
 def test_nginx_configuration_validates(host):
     assert host.run("nginx -t -q").rc == 0
+
+
+def test_nginx_drops_idle_upstream_connections_before_gunicorn_does(host):
+    """Otherwise a POST, which nginx never retries, can meet a connection Gunicorn is closing
+    and get a 502. Gunicorn's keep-alive is the service's default unless the env file says."""
+    from infra.deploys import layout
+    from infra.deploys.nginx import _SERVICE_KEEPALIVE_DEFAULT
+
+    config = host.check_output("nginx -T 2>/dev/null")
+    upstream = config.split(f"upstream {layout.NGINX_UPSTREAM} {{", 1)[1].split("}", 1)[0]
+    (line,) = [ln for ln in upstream.splitlines() if ln.strip().startswith("keepalive_timeout")]
+    seconds = int(line.split()[1].rstrip("s;"))
+    # Only that line: the env file also holds the database password.
+    found = host.run(f"grep -h '^PLINTH_KEEPALIVE_SECONDS=' {layout.ENV_FILE}").stdout.strip()
+    service_keepalive = int(found.split("=", 1)[1]) if found else _SERVICE_KEEPALIVE_DEFAULT
+    assert 1 <= seconds < service_keepalive
