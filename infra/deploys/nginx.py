@@ -64,7 +64,7 @@ def nginx() -> None:
             name="Site: port 80, upstream to the service's socket",
             server_name=data.domain,
             upstream_keepalive=data.nginx_upstream_keepalive,
-            upstream_keepalive_timeout=upstream_keepalive_timeout(data.app_extra_env),
+            upstream_keepalive_timeout=upstream_keepalive_timeout(data.get("app_extra_env")),
             predict_rate=data.nginx_predict_rate,
         ),
         template(
