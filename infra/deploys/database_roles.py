@@ -5,7 +5,9 @@
 - The service role (`db_user`) may connect, use schema public and read and write rows of
   the tables (SELECT/INSERT/UPDATE/DELETE, sequences USAGE/SELECT): no CREATE, ALTER, DROP,
   TRUNCATE. Default privileges of the owner give it the same on every table a later
-  migration creates.
+  migration creates. Alembic's version table is the exception: the service reads it
+  (readiness) but only migrations write it (`plinth migrate` revokes the rest after each run,
+  and so does the SQL here after its table-wide grants).
 
 A fact lists what differs from that (empty when converged), so the deploy runs the grants
 only then and a second deploy changes nothing. The restore runs the same SQL after
@@ -17,11 +19,15 @@ import shlex
 
 from pyinfra.api import FactBase, operation
 
+from service.migrations import VERSION_TABLE
+
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 SEQUENCE_PRIVILEGES = ("USAGE", "SELECT")
 # Table privileges beyond rows that the service role must not hold (MAINTAIN, PostgreSQL 17
 # only, is covered by the REVOKE ALL before the grants).
 FORBIDDEN_TABLE_PRIVILEGES = ("TRUNCATE", "REFERENCES", "TRIGGER")
+# What the service role may not do to the version table, on top of the above.
+VERSION_TABLE_WRITES = ("INSERT", "UPDATE", "DELETE")
 
 
 def _ident(name: str) -> str:
@@ -47,6 +53,11 @@ GRANT USAGE, CREATE ON SCHEMA public TO {o};
 GRANT USAGE ON SCHEMA public TO {s};
 REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {s};
 GRANT {tables} ON ALL TABLES IN SCHEMA public TO {s};
+DO $$ BEGIN
+  IF to_regclass('public.{VERSION_TABLE}') IS NOT NULL THEN
+    REVOKE {", ".join(VERSION_TABLE_WRITES)} ON public.{VERSION_TABLE} FROM {s};
+  END IF;
+END $$;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {s};
 GRANT {sequences} ON ALL SEQUENCES IN SCHEMA public TO {s};
 ALTER DEFAULT PRIVILEGES FOR ROLE {o} IN SCHEMA public GRANT {tables} ON TABLES TO {s};
@@ -56,7 +67,7 @@ ALTER DEFAULT PRIVILEGES FOR ROLE {o} IN SCHEMA public GRANT {sequences} ON SEQU
 
 def drift_sql(owner: str, service: str) -> str:
     """One row per way the current database differs from `converge_sql`; none when converged."""
-    o, s = _literal(owner), _literal(service)
+    o, s, version_table = _literal(owner), _literal(service), _literal(VERSION_TABLE)
     want_tables = "{" + ",".join(sorted(TABLE_PRIVILEGES)) + "}"
     want_sequences = "{" + ",".join(sorted(SEQUENCE_PRIVILEGES)) + "}"
 
@@ -101,6 +112,11 @@ SELECT 'service role: schema public ' || v.p || ' is ' || NOT v.want FROM r,
 UNION ALL
 SELECT format('service role lacks %s on %s', p, c.oid::regclass)
  {relations(tables, TABLE_PRIVILEGES)} AND NOT has_table_privilege(r.service, c.oid, p)
+   AND (c.relname <> {version_table} OR p = 'SELECT')
+UNION ALL
+SELECT format('service role may %s on %s', p, c.oid::regclass)
+ {relations(tables, VERSION_TABLE_WRITES)}
+   AND c.relname = {version_table} AND has_table_privilege(r.service, c.oid, p)
 UNION ALL
 SELECT format('service role may %s on %s', p, c.oid::regclass)
  {relations(tables, FORBIDDEN_TABLE_PRIVILEGES)} AND has_table_privilege(r.service, c.oid, p)

@@ -11,6 +11,10 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL
 
+# Alembic's default name, written out once: the deploy's grants (infra/deploys/database_roles)
+# treat this table differently from the data tables.
+VERSION_TABLE = "alembic_version"
+
 
 def alembic_config(url: URL | None = None) -> Config:
     config = Config()

@@ -5,7 +5,27 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
+from service.migrations import VERSION_TABLE
 from service.tables import Base
+
+# The owner's default privileges give the service role row rights on every table a migration
+# creates, the version table too; only migrations may move the schema's recorded revision, so
+# every role but the table's owner keeps SELECT alone (readiness reads it). No `%` in the SQL:
+# the driver would read it as a placeholder.
+_VERSION_TABLE_READ_ONLY = f"""
+DO $$
+DECLARE writer text;
+BEGIN
+  FOR writer IN
+    SELECT DISTINCT quote_ident(r.rolname) FROM pg_class c
+      CROSS JOIN LATERAL aclexplode(c.relacl) a JOIN pg_roles r ON r.oid = a.grantee
+     WHERE c.oid = to_regclass('{VERSION_TABLE}') AND a.grantee <> c.relowner
+       AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')
+  LOOP
+    EXECUTE 'REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {VERSION_TABLE} FROM ' || writer;
+  END LOOP;
+END $$
+"""  # noqa: S608 (a constant table name, no input)
 
 config = context.config
 url = config.attributes.get("url")
@@ -20,8 +40,10 @@ with engine.connect() as connection:
         target_metadata=Base.metadata,
         # Concurrent `plinth migrate` runs (two hosts, a retried deploy) must not interleave.
         transaction_per_migration=False,
+        version_table=VERSION_TABLE,
     )
     with context.begin_transaction():
         connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7243001)")
         context.run_migrations()
+        connection.exec_driver_sql(_VERSION_TABLE_READ_ONLY)
 engine.dispose()
