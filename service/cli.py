@@ -65,6 +65,7 @@ def serve() -> int:
     # is still built in each worker (`load` below), so a HUP applies changed settings; new code
     # arrives only by a re-exec (USR2), which imports afresh. After gunicorn_conf, by design.
     importlib.import_module("service.app")
+    importlib.import_module("alembic.script")  # service.migrations imports it only when used
 
     class PlinthGunicorn(BaseApplication):
         """Gunicorn's arbiter in this process: ``kill -HUP $MAINPID`` reaches it directly."""

@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 ENV_PREFIX = "PLINTH_"
 ENV_FILE_VARIABLE = "PLINTH_ENV_FILE"
@@ -91,6 +92,10 @@ class Settings(BaseSettings):
 
 
 def _postgresql_url(raw: str) -> URL:
+    # SQLAlchemy is imported where a URL is parsed, not with the module: the deploy reads
+    # defaults from here and should not pay a second of imports for them.
+    from sqlalchemy.engine import make_url
+
     url = make_url(raw)
     # psycopg 3 is the only PostgreSQL driver installed; plain postgresql:// means "default
     # driver", which SQLAlchemy would resolve to the absent psycopg2.
@@ -102,6 +107,9 @@ def _postgresql_url(raw: str) -> URL:
 def _check_database_url(variable: str, secret: SecretStr | None, *, production: bool) -> None:
     if secret is None or not secret.get_secret_value().strip():
         raise ConfigError(variable, "is not set")
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     raw = secret.get_secret_value()
     try:
         url = make_url(raw)

@@ -7,8 +7,10 @@ No migrations run: the schema stays expanded, which the older release tolerates
 import os
 
 from infra.deploys import layout
+from infra.deploys.connection import no_nagle
 from infra.deploys.release import deploy_lock, release_cutover, release_tool, rollback_target
 
+no_nagle()
 deploy_lock()
 target = rollback_target(os.environ.get("PLINTH_ROLLBACK_TO"))
 release_tool()

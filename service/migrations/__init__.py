@@ -6,17 +6,21 @@ would mangle ``%`` in passwords, and nothing is written to disk.
 
 from __future__ import annotations
 
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
-from sqlalchemy.engine import URL
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from sqlalchemy.engine import URL
 
 # Alembic's default name, written out once: the deploy's grants (infra/deploys/database_roles)
-# treat this table differently from the data tables.
+# treat this table differently from the data tables. (Alembic itself is imported inside the
+# functions, so reading this name costs the deploy nothing.)
 VERSION_TABLE = "alembic_version"
 
 
 def alembic_config(url: URL | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", "service:migrations")
     if url is not None:
@@ -25,13 +29,19 @@ def alembic_config(url: URL | None = None) -> Config:
 
 
 def head_revision() -> str | None:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 def upgrade(url: URL, revision: str = "head") -> None:
     """Apply migrations; idempotent (at head it does nothing)."""
+    from alembic import command
+
     command.upgrade(alembic_config(url), revision)
 
 
 def downgrade(url: URL, revision: str = "base") -> None:
+    from alembic import command
+
     command.downgrade(alembic_config(url), revision)
