@@ -20,6 +20,7 @@ from pyinfra.facts.files import File, Sha1File
 from pyinfra.operations import apt, python, server, systemd
 
 from infra.deploys import layout
+from infra.deploys.accounts import account
 from infra.deploys.hostops import validated_file
 from infra.deploys.login import LoginError, prove_deploy_login
 from infra.deploys.templating import render
@@ -59,7 +60,7 @@ def access() -> None:
         raise DeployError("deploy_user must not be root (root login is turned off)")
     home = f"/home/{user}"
     apt.packages(name="sudo and sshd", packages=["sudo", "openssh-server"], no_recommends=True)
-    server.user(  # noqa: S604 (a login shell, not subprocess shell=True)
+    account(  # noqa: S604 (a login shell, not subprocess shell=True)
         name=f"Deploy user {user}", user=user, home=home, shell="/bin/bash", create_home=True
     )
     # Key logins still pass PAM's password ageing: an "expired" password would lock the deploy

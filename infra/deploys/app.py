@@ -15,6 +15,7 @@ from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from infra.deploys import layout
+from infra.deploys.accounts import account
 from infra.deploys.hostops import (
     HostPython,
     PathsFresh,
@@ -151,7 +152,7 @@ def _migrations(data, release_dir: str, **condition) -> None:
     the owner's password into that process's environment (never onto a command line), so
     neither the service user nor its env file ever holds it."""
     server.group(name=f"Group {layout.MIGRATION_USER}", group=layout.MIGRATION_USER, system=True)
-    server.user(  # noqa: S604 (a login shell, not subprocess shell=True)
+    account(  # noqa: S604 (a login shell, not subprocess shell=True)
         name=f"User {layout.MIGRATION_USER}: runs migrations, no login, no home",
         user=layout.MIGRATION_USER,
         group=layout.MIGRATION_USER,

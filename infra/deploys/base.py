@@ -9,6 +9,7 @@ from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, files, server, systemd
 
 from infra.deploys import layout
+from infra.deploys.accounts import account
 from infra.deploys.templating import template
 
 BASE_DEFAULTS = {
@@ -56,7 +57,7 @@ def base() -> None:
     )
 
     server.group(name="Service group", group=layout.SERVICE_GROUP, system=True)
-    server.user(  # noqa: S604 (a login shell, not subprocess shell=True)
+    account(  # noqa: S604 (a login shell, not subprocess shell=True)
         name="Service user, no login shell",
         user=layout.SERVICE_USER,
         group=layout.SERVICE_GROUP,

@@ -255,6 +255,8 @@ def https_server(cert_path, key_path, **template_data):
         src=str(TEMPLATES_DIR / "nginx/plinth-tls.conf.j2"),
         dest=TLS_SITE,
         mode="644",
+        user="root",
+        group="root",
         **layout.layout_vars(),
         cert_path=cert_path,
         key_path=key_path,
@@ -265,7 +267,11 @@ def https_server(cert_path, key_path, **template_data):
     )
     yield from files.link._inner(path=TLS_SITE_ENABLED, target=TLS_SITE)
     yield from files.template._inner(
-        src=str(TEMPLATES_DIR / "nginx/https-redirect.conf.j2"), dest=HTTP_REDIRECT, mode="644"
+        src=str(TEMPLATES_DIR / "nginx/https-redirect.conf.j2"),
+        dest=HTTP_REDIRECT,
+        mode="644",
+        user="root",
+        group="root",
     )
 
 

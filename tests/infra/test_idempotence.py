@@ -1,10 +1,15 @@
-"""A second deploy changes nothing."""
+"""A second deploy changes nothing; a managed file changed on the host by hand (content, mode
+or owner) is put back by the next deploy, which touches only what drifted."""
 
 from __future__ import annotations
 
 import sys
 
 import pytest
+
+from infra.deploys import layout
+from infra.deploys.firewall import NFTABLES_CONF
+from infra.deploys.tls import TLS_SITE
 
 pytestmark = pytest.mark.infra
 
@@ -15,3 +20,30 @@ def test_second_deploy_changes_nothing(first_deploy, deploy):
     print(f"\nno-op re-deploy: {again.seconds:.1f} s", file=sys.stderr)
     changed = [line for line in again.stderr.splitlines() if "Success" in line]
     assert again.totals["success"] == 0, changed
+
+
+def _state(host, path: str) -> tuple[str, str, str, int]:
+    file = host.file(path)
+    return file.sha256sum, file.user, file.group, file.mode
+
+
+def test_a_managed_file_changed_by_hand_is_put_back(host, deploy):
+    drifts = {
+        layout.NGINX_SITE: f"echo '# edited by hand' >> {layout.NGINX_SITE}",
+        layout.JOURNALD_DROPIN: f"chmod 600 {layout.JOURNALD_DROPIN}",
+        NFTABLES_CONF: f"chown {layout.DEPLOY_USER} {NFTABLES_CONF}",
+        TLS_SITE: f"chgrp {layout.DEPLOY_USER} {TLS_SITE}",
+    }
+    wanted = {path: _state(host, path) for path in drifts}
+    for command in drifts.values():
+        host.check_output(command)
+    assert all(_state(host, path) != state for path, state in wanted.items())
+
+    fixed = deploy()
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    assert {path: _state(host, path) for path in drifts} == wanted
+    # Each drifted file, and what depends on it (nginx -t and reload, journald's restart...),
+    # but no more than that.
+    assert 4 <= fixed.totals["success"] <= 12, fixed.stderr[-3000:]
+    again = deploy()
+    assert again.returncode == 0 and again.totals["success"] == 0, again.stderr[-3000:]
