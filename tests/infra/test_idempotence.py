@@ -31,8 +31,8 @@ def test_a_managed_file_changed_by_hand_is_put_back(host, deploy):
     drifts = {
         layout.NGINX_SITE: f"echo '# edited by hand' >> {layout.NGINX_SITE}",
         layout.JOURNALD_DROPIN: f"chmod 600 {layout.JOURNALD_DROPIN}",
-        NFTABLES_CONF: f"chown {layout.DEPLOY_USER} {NFTABLES_CONF}",
-        TLS_SITE: f"chgrp {layout.DEPLOY_USER} {TLS_SITE}",
+        NFTABLES_CONF: f"chown nobody {NFTABLES_CONF}",
+        TLS_SITE: f"chgrp nogroup {TLS_SITE}",
     }
     wanted = {path: _state(host, path) for path in drifts}
     for command in drifts.values():
