@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import shlex
+from collections import defaultdict
 from io import StringIO
 from pathlib import Path, PurePosixPath
 
@@ -24,40 +25,55 @@ TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
 
 
 class FilesIn(FactBase):
-    """{name: (sha1, mode, owner, group)} of the regular files directly in `directory`
-    (symlinks left out); empty when the directory is not there."""
+    """{directory: {name: (sha1, mode, owner, group)}} of the regular files directly in each
+    of `directories` (symlinks left out); a directory that is not there maps to {}."""
 
-    def command(self, directory):
-        # Two processes for the whole directory (not a few per file): /etc holds ~100 files.
-        return (
-            f"cd {shlex.quote(directory)} 2>/dev/null || exit 0; "
-            "find . -maxdepth 1 -type f -printf 'M %m %u %g %P\\n' -exec sha1sum {} +"
+    def command(self, directories):
+        # A few processes per directory, not per file (/etc holds ~100 files), and one SSH
+        # command for all of them.
+        listing = "find . -maxdepth 1 -type f -printf 'M %m %u %g %P\\n' -exec sha1sum {} +"
+        return "; ".join(
+            f"echo D {shlex.quote(d)}; (cd {shlex.quote(d)} 2>/dev/null && {listing})"
+            for d in directories
         )
 
     default = dict
 
     def process(self, output):
-        stats, sums = {}, {}
+        found, stats, sums = {}, None, None
         for line in output:
-            if line.startswith("M "):
+            if line.startswith("D "):
+                stats, sums = {}, {}
+                found[line[2:]] = (stats, sums)
+            elif line.startswith("M "):
                 mode, user, group, name = line[2:].split(" ", 3)
                 stats[name] = (int(mode, 8), user, group)
             else:  # sha1sum: "<sha1>  ./<name>"
                 sha1, name = line.split("  ", 1)
                 sums[name.removeprefix("./")] = sha1
-        return {name: (sums.get(name), *stat) for name, stat in stats.items()}
+        return {
+            directory: {name: (sums.get(name), *stat) for name, stat in stats.items()}
+            for directory, (stats, sums) in found.items()
+        }
 
 
+# The directories template() will write to, per host: every call is made while the deploy is
+# prepared, before the first operation runs, so one FilesIn fact can cover them all.
+_directories: dict[str, set[str]] = defaultdict(set)
 # What this run has learned of each directory (pyinfra caches no facts between operations).
 # A directory's entry is dropped when a file in it is written, so it is read again if needed.
 _known: dict[tuple[str, str], dict] = {}
 
 
 def _files_in(directory: str) -> dict:
-    key = (host.name, directory)
-    if key not in _known:
-        _known[key] = host.get_fact(FilesIn, directory=directory)
-    return _known[key]
+    if (host.name, directory) not in _known:
+        unread = sorted(
+            d for d in _directories[host.name] | {directory} if (host.name, d) not in _known
+        )
+        found = host.get_fact(FilesIn, directories=unread)
+        for d in unread:
+            _known[(host.name, d)] = found.get(d, {})
+    return _known[(host.name, directory)]
 
 
 @operation()
@@ -76,6 +92,7 @@ def template(
 ):
     """Render `infra/templates/<src>` to `dest`; templates see every `layout` name too."""
     text = render(src, **variables)
+    _directories[host.name].add(str(PurePosixPath(dest).parent))
     return _rendered_file(name=name, text=text, dest=dest, mode=mode, user=user, group=group)
 
 
