@@ -148,7 +148,10 @@ def healthz_count_per_worker(metrics_dir: Path) -> dict[str, float]:
 
 def scraped_healthz_count(client: httpx.Client) -> float:
     wanted = 'plinth_http_requests_total{method="GET",route="/healthz",status="200"} '
-    for line in client.get("/metrics").text.splitlines():
+    # A fresh connection: the client's pooled one may be the one Gunicorn is just closing
+    # for idleness (its keep-alive), which would end as a reset, not an answer.
+    scrape = httpx.get(f"{client.base_url}/metrics", headers={"Connection": "close"}, timeout=10)
+    for line in scrape.text.splitlines():
         if line.startswith(wanted):
             return float(line.removeprefix(wanted))
     return 0.0
