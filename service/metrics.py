@@ -30,7 +30,7 @@ HTTP_LATENCY = Histogram(
 )
 PREDICTION_LATENCY = Histogram(
     "plinth_prediction_duration_seconds",
-    "Inference latency of one batch, by model",
+    "Queue wait plus inference of one request's inputs, by model",
     ["model"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )

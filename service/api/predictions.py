@@ -8,7 +8,6 @@ the generated request/response classes as real objects, not strings.
 
 import asyncio
 import re
-import time
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
@@ -17,16 +16,16 @@ from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic_core import to_json
 
+from service.api.json_body import openapi_body, parse_json_body
 from service.api.models import unknown_model
 from service.config import Settings
 from service.context import current_request_id
 from service.database import get_prediction
 from service.errors import ProblemError, problem_responses
-from service.metrics import PREDICTION_LATENCY
 from service.predictors import LoadedModel, ModelRegistry
 
-# 400: a body that is not even decodable (FastAPI's own parse error), 422: invalid content.
-_PREDICT_RESPONSES = problem_responses(400, 413, 422, 500, 503, 504)
+# 422 covers a body that is not JSON too (service.api.json_body).
+_PREDICT_RESPONSES = problem_responses(413, 422, 500, 503, 504)
 
 
 class PredictionRecord(BaseModel):
@@ -38,6 +37,12 @@ class PredictionRecord(BaseModel):
     output: dict[str, Any]
     latency_ms: float
     created_at: datetime
+
+
+def request_models(registry: ModelRegistry, max_batch_size: int) -> dict[str, type[BaseModel]]:
+    """Each model's request body class, by model name (the routes and the OpenAPI document
+    need the same classes)."""
+    return {model.name: _request_model(model, max_batch_size) for model in registry}
 
 
 def _request_model(model: LoadedModel, max_batch_size: int) -> type[BaseModel]:
@@ -66,36 +71,14 @@ def _response_model(model: LoadedModel) -> type[BaseModel]:
     )
 
 
-def _infer(
-    model: LoadedModel, batch: list[BaseModel], request_id: str, started: float
-) -> tuple[list[uuid.UUID], list[BaseModel], list[tuple[Any, ...]]]:
-    """In the executor: inference, then the rows to store (ids, outputs, rows)."""
-    name = model.manifest.name
-    outputs = model.predictor.predict(batch)
-    elapsed = time.perf_counter() - started  # queue wait + inference, as the timeout sees it
-    PREDICTION_LATENCY.labels(name).observe(elapsed)
-    output_schema = model.predictor.output_schema
-    if len(outputs) != len(batch) or not all(isinstance(o, output_schema) for o in outputs):
-        # Checked here because the route answers without response_model re-validation.
-        raise RuntimeError(f"model {name!r} returned outputs not matching its schema")
-    ids = [uuid.uuid4() for _ in batch]
-    version, latency_ms = model.manifest.version, elapsed * 1000
-    # input/output as JSON text straight from pydantic-core: the database parses it as jsonb.
-    rows = [
-        (id_, name, version, request_id, item.model_dump_json(), output.model_dump_json(),
-         latency_ms)
-        for id_, item, output in zip(ids, batch, outputs, strict=True)
-    ]  # fmt: skip
-    return ids, outputs, rows
-
-
-def _add_predict_route(router: APIRouter, model: LoadedModel, settings: Settings) -> None:
-    request_model = _request_model(model, settings.max_batch_size)
+def _add_predict_route(
+    router: APIRouter, model: LoadedModel, request_model: type[BaseModel], settings: Settings
+) -> None:
     response_model = _response_model(model)
     name, version = model.manifest.name, model.manifest.version
 
-    async def predict(body: request_model, request: Request) -> Response:  # type: ignore[valid-type]
-        batch = body.inputs
+    async def predict(request: Request) -> Response:
+        batch = (await parse_json_body(request, request_model)).inputs  # type: ignore[attr-defined]
         if len(batch) > settings.max_batch_size:
             raise ProblemError(
                 413,
@@ -104,14 +87,13 @@ def _add_predict_route(router: APIRouter, model: LoadedModel, settings: Settings
             )
         request_id = current_request_id() or uuid.uuid4().hex
         state = request.app.state
-        # Inference runs off the event loop (a model may be slow or CPU-bound). A thread
-        # cannot be killed: on timeout its result is simply dropped, and as the write below
-        # only happens once inference returned in time, a 504 never stores anything.
-        inference = asyncio.get_running_loop().run_in_executor(
-            state.executor, _infer, model, batch, request_id, time.perf_counter()
-        )
+        # Inference runs off the event loop (a model may be slow or CPU-bound), batched with
+        # concurrent requests. A thread cannot be killed: on timeout the result is dropped,
+        # and as the write below only happens once inference answered in time, a 504 never
+        # stores anything.
+        inference = state.batchers[name].submit(batch, request_id)
         try:
-            ids, outputs, rows = await asyncio.wait_for(inference, settings.predict_timeout_seconds)
+            answer = await asyncio.wait_for(inference, settings.predict_timeout_seconds)
         except TimeoutError:
             raise ProblemError(
                 504,
@@ -120,7 +102,7 @@ def _add_predict_route(router: APIRouter, model: LoadedModel, settings: Settings
             ) from None
         # Group commit with concurrent requests; returns only after our rows' COMMIT, so an
         # acknowledged prediction is never lost. Bounded by the statement timeout.
-        await state.prediction_writer.write(rows)
+        await state.prediction_writer.write(answer.rows)
         # The outputs were validated by the model's schema already, so they are serialised
         # directly (pydantic-core's JSON encoder) instead of validated again by response_model.
         payload = {
@@ -128,7 +110,8 @@ def _add_predict_route(router: APIRouter, model: LoadedModel, settings: Settings
             "model_version": version,
             "request_id": request_id,
             "predictions": [
-                {"id": id_, "output": output} for id_, output in zip(ids, outputs, strict=True)
+                {"id": id_, "output": output}
+                for id_, output in zip(answer.ids, answer.outputs, strict=True)
             ],
         }
         return Response(to_json(payload), media_type="application/json")
@@ -139,16 +122,19 @@ def _add_predict_route(router: APIRouter, model: LoadedModel, settings: Settings
         methods=["POST"],
         response_model=response_model,  # documents the 200; not applied to a Response
         responses=_PREDICT_RESPONSES,
+        openapi_extra=openapi_body(request_model),
         summary=f"Predict with {name}",
         description=model.manifest.description or None,
         operation_id=f"predict_{name.replace('-', '_')}",
     )
 
 
-def build_router(registry: ModelRegistry, settings: Settings) -> APIRouter:
+def build_router(
+    registry: ModelRegistry, request_classes: dict[str, type[BaseModel]], settings: Settings
+) -> APIRouter:
     router = APIRouter(tags=["predictions"])
     for model in registry:
-        _add_predict_route(router, model, settings)
+        _add_predict_route(router, model, request_classes[model.name], settings)
 
     # Documented as "any name but the served ones", so a client generating requests from the
     # OpenAPI document (schemathesis) never sends a served name here without a body. Only in

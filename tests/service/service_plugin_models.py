@@ -58,3 +58,25 @@ class ParrotPredictor:
 
     def predict(self, batch: Sequence[BaseModel]) -> list[BaseModel]:
         return [Text(text=item.text) for item in batch]  # type: ignore[attr-defined]
+
+
+class RecordingPredictor(SleepyPredictor):
+    """Echoes, noting the inputs of every batch it is given: adaptive batching tests."""
+
+    def __init__(self, delay_seconds: float) -> None:
+        super().__init__(delay_seconds)
+        self.batches: list[list[int]] = []
+
+    def predict(self, batch: Sequence[BaseModel]) -> list[BaseModel]:
+        self.batches.append([item.value for item in batch])  # type: ignore[attr-defined]
+        return super().predict(batch)
+
+
+class PickyPredictor(RecordingPredictor):
+    """Crashes on the input 13 only: one bad input must not fail the requests batched with it."""
+
+    def predict(self, batch: Sequence[BaseModel]) -> list[BaseModel]:
+        outputs = super().predict(batch)
+        if any(item.value == 13 for item in batch):  # type: ignore[attr-defined]
+            raise ValueError("13 is unlucky")
+        return outputs

@@ -41,8 +41,8 @@ def write_model(artifacts_dir: Path, name: str, predictor: str, weights: dict) -
 
 
 def artifacts_with_test_models(root: Path, *, sleepy_delay: float = 1.0) -> Path:
-    """A copy of the packaged artifacts plus the ``sleepy``, ``broken`` and ``parrot`` test
-    models."""
+    """A copy of the packaged artifacts plus the ``sleepy``, ``broken``, ``parrot``,
+    ``recorder`` and ``picky`` test models."""
     artifacts = root / "artifacts"
     shutil.copytree(PACKAGED_ARTIFACTS_DIR, artifacts)
     write_model(
@@ -53,6 +53,10 @@ def artifacts_with_test_models(root: Path, *, sleepy_delay: float = 1.0) -> Path
     )
     write_model(artifacts, "broken", "service_plugin_models:BrokenPredictor", {"delay_seconds": 0})
     write_model(artifacts, "parrot", "service_plugin_models:ParrotPredictor", {})
+    # A short pause per batch lets concurrent requests queue up behind it.
+    pause = {"delay_seconds": 0.02}
+    write_model(artifacts, "recorder", "service_plugin_models:RecordingPredictor", pause)
+    write_model(artifacts, "picky", "service_plugin_models:PickyPredictor", pause)
     return artifacts
 
 

@@ -1,0 +1,167 @@
+"""Adaptive batching: the inputs of concurrent requests to one model run as one predict call.
+
+What model servers do (Triton's dynamic batcher, TorchServe, BentoML, Ray Serve): a model call
+has a fixed cost that a batch pays once. Here it is the hop to the inference thread and back,
+which cost as much CPU as the rest of a prediction; on a real model it is also the framework's
+per-call overhead. No timer holds requests back: an idle model runs a lone request at once;
+under load a batch is whatever arrived while the previous one ran, at most ``max_items`` inputs
+(the per-request limit, so a model never sees more inputs at once than one request may send).
+
+One batch per model is in flight at a time in a worker process (Gunicorn's workers give the
+parallelism). A batch that raises is run again one request at a time, so an input that crashes
+the model fails its own request only. Written here rather than taken from a library: it is the
+glue between this service's executor, its timeouts and its persistence rows, in few lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from typing import Any
+
+from pydantic import BaseModel
+
+from service.metrics import PREDICTION_LATENCY
+from service.predictors import LoadedModel
+
+Row = tuple[Any, ...]  # service.prediction_writer's seven columns
+
+
+class Inference:
+    """One request's answer: an id, an output and a row to store per input."""
+
+    __slots__ = ("ids", "outputs", "rows")
+
+    def __init__(self, ids: list[uuid.UUID], outputs: list[BaseModel], rows: list[Row]) -> None:
+        self.ids, self.outputs, self.rows = ids, outputs, rows
+
+
+class _Request:
+    __slots__ = ("done", "items", "request_id", "submitted")
+
+    def __init__(
+        self, items: Sequence[BaseModel], request_id: str, done: asyncio.Future[Inference]
+    ) -> None:
+        self.items, self.request_id, self.done = items, request_id, done
+        self.submitted = time.perf_counter()
+
+
+class InferenceBatcher:
+    def __init__(self, model: LoadedModel, executor: Executor, *, max_items: int) -> None:
+        self._model = model
+        self._executor = executor
+        self._max_items = max_items
+        self._pending: deque[_Request] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def submit(self, items: Sequence[BaseModel], request_id: str) -> asyncio.Future[Inference]:
+        """A future of this request's ``Inference``; cancelling it (a timeout) drops the
+        request, or its result if the batch already runs. Raises what the model raised."""
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.get_loop() is not loop or self._task.done():
+            # Lazily, on the loop that serves requests (tests run one app on several loops).
+            self._pending.clear()
+            self._wakeup = asyncio.Event()
+            self._task = loop.create_task(self._run(), name=f"plinth-batcher-{self._model.name}")
+        done: asyncio.Future[Inference] = loop.create_future()
+        self._pending.append(_Request(items, request_id, done))
+        self._wakeup.set()  # type: ignore[union-attr]
+        return done
+
+    async def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._task = None
+        for request in self._pending:
+            request.done.cancel()
+        self._pending.clear()
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch = self._take_batch()
+                if not batch:
+                    continue
+                try:
+                    answers = await loop.run_in_executor(
+                        self._executor, _predict, self._model, batch
+                    )
+                except asyncio.CancelledError:
+                    for request in batch:
+                        request.done.cancel()
+                    raise
+                except Exception as error:
+                    if len(batch) == 1:
+                        _settle(batch[0], error)
+                        continue
+                    for request in batch:  # find the guilty input: each request alone
+                        try:
+                            [answer] = await loop.run_in_executor(
+                                self._executor, _predict, self._model, [request]
+                            )
+                        except Exception as alone:
+                            answer = alone
+                        _settle(request, answer)
+                else:
+                    for request, answer in zip(batch, answers, strict=True):
+                        _settle(request, answer)
+
+    def _take_batch(self) -> list[_Request]:
+        batch: list[_Request] = []
+        items = 0
+        pending = self._pending
+        while pending and (not batch or items + len(pending[0].items) <= self._max_items):
+            request = pending.popleft()
+            if request.done.done():  # timed out before its turn
+                continue
+            batch.append(request)
+            items += len(request.items)
+        return batch
+
+
+def _settle(request: _Request, answer: Inference | BaseException) -> None:
+    if request.done.done():  # timed out while its batch ran: the answer is dropped
+        return
+    if isinstance(answer, BaseException):
+        request.done.set_exception(answer)
+    else:
+        request.done.set_result(answer)
+
+
+def _predict(model: LoadedModel, batch: list[_Request]) -> list[Inference]:
+    """In the inference thread: one predict call for the whole batch, then each request's
+    ids, outputs and rows (input and output as JSON text, parsed by the database as jsonb)."""
+    name, version = model.manifest.name, model.manifest.version
+    inputs = [item for request in batch for item in request.items]
+    outputs = model.predictor.predict(inputs)
+    finished = time.perf_counter()
+    output_schema = model.predictor.output_schema
+    if len(outputs) != len(inputs) or not all(isinstance(o, output_schema) for o in outputs):
+        # Checked here because the route answers without response_model re-validation.
+        raise RuntimeError(f"model {name!r} returned outputs not matching its schema")
+    latency = PREDICTION_LATENCY.labels(name)
+    answers, start = [], 0
+    for request in batch:
+        end = start + len(request.items)
+        elapsed = finished - request.submitted  # queue wait + inference, as the timeout sees it
+        latency.observe(elapsed)
+        ids = [uuid.uuid4() for _ in request.items]
+        mine = outputs[start:end]
+        rows = [
+            (id_, name, version, request.request_id, item.model_dump_json(),
+             output.model_dump_json(), elapsed * 1000)
+            for id_, item, output in zip(ids, request.items, mine, strict=True)
+        ]  # fmt: skip
+        answers.append(Inference(ids, mine, rows))
+        start = end
+    return answers
