@@ -82,10 +82,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.executor = ThreadPoolExecutor(
         max_workers=len(registry.names()), thread_name_prefix="plinth-predict"
     )
-    app.state.batchers = {
-        model.name: InferenceBatcher(model, app.state.executor, max_items=settings.max_batch_size)
-        for model in registry
-    }
     # Connections per worker: the pool's plus this one (predictions are written here).
     app.state.prediction_writer = PredictionWriter(
         async_connector(app.state.engine, settings),
@@ -93,6 +89,16 @@ def create_app(settings: Settings) -> FastAPI:
         timeout_seconds=settings.db_statement_timeout_ms / 1000 + settings.db_pool_timeout_seconds,
         on_connection_use=change_pool_in_use,
     )
+    app.state.batchers = {
+        model.name: InferenceBatcher(
+            model,
+            app.state.executor,
+            app.state.prediction_writer.submit,
+            max_items=settings.max_batch_size,
+            timeout_seconds=settings.predict_timeout_seconds,
+        )
+        for model in registry
+    }
     app.state.head_revision = head_revision()
     app.state.release = read_release_info(settings.release_info_file)
     install_exception_handlers(app)

@@ -1,4 +1,5 @@
-"""Adaptive batching: the inputs of concurrent requests to one model run as one predict call.
+"""Adaptive batching: the inputs of concurrent requests to one model run as one predict call,
+then each request's rows go to the prediction writer and its answer comes once they are stored.
 
 What model servers do (Triton's dynamic batcher, TorchServe, BentoML, Ray Serve): a model call
 has a fixed cost that a batch pays once. Here it is the hop to the inference thread and back,
@@ -8,7 +9,10 @@ under load a batch is whatever arrived while the previous one ran, at most ``max
 (the per-request limit, so a model never sees more inputs at once than one request may send).
 
 One batch per model is in flight at a time in a worker process (Gunicorn's workers give the
-parallelism). A batch that raises is run again one request at a time, so an input that crashes
+parallelism). A request waits on a single future through inference and commit: each await
+resumes the whole middleware stack, which cost more CPU than the bookkeeping done here.
+
+A batch that raises is run again one request at a time, so an input that crashes
 the model fails its own request only. Written here rather than taken from a library: it is the
 glue between this service's executor, its timeouts and its persistence rows, in few lines.
 """
@@ -19,7 +23,7 @@ import asyncio
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
@@ -29,6 +33,10 @@ from service.metrics import PREDICTION_LATENCY
 from service.predictors import LoadedModel
 
 Row = tuple[Any, ...]  # service.prediction_writer's seven columns
+
+
+class InferenceTimeout(TimeoutError):
+    """The model did not answer within the request's timeout; nothing was stored."""
 
 
 class Inference:
@@ -41,27 +49,42 @@ class Inference:
 
 
 class _Request:
-    __slots__ = ("done", "items", "request_id", "submitted")
+    __slots__ = ("done", "items", "request_id", "submitted", "timer")
 
     def __init__(
         self, items: Sequence[BaseModel], request_id: str, done: asyncio.Future[Inference]
     ) -> None:
         self.items, self.request_id, self.done = items, request_id, done
         self.submitted = time.perf_counter()
+        self.timer: asyncio.TimerHandle | None = None
 
 
 class InferenceBatcher:
-    def __init__(self, model: LoadedModel, executor: Executor, *, max_items: int) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        executor: Executor,
+        store: Callable[[Sequence[Row]], asyncio.Future[None]],
+        *,
+        max_items: int,
+        timeout_seconds: float,
+    ) -> None:
+        """``store(rows)`` starts persisting rows and returns a future done once they are
+        committed (``PredictionWriter.submit``); ``timeout_seconds`` bounds queue wait plus
+        inference, not the commit (which the writer bounds)."""
         self._model = model
         self._executor = executor
+        self._store = store
         self._max_items = max_items
+        self._timeout = timeout_seconds
         self._pending: deque[_Request] = deque()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
 
     def submit(self, items: Sequence[BaseModel], request_id: str) -> asyncio.Future[Inference]:
-        """A future of this request's ``Inference``; cancelling it (a timeout) drops the
-        request, or its result if the batch already runs. Raises what the model raised."""
+        """A future of this request's ``Inference``, done once its rows are committed. It
+        raises ``InferenceTimeout`` (nothing stored), what the model raised, or the
+        database's error. Cancelling it drops the request, unless its rows are being stored."""
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.get_loop() is not loop or self._task.done():
             # Lazily, on the loop that serves requests (tests run one app on several loops).
@@ -69,7 +92,9 @@ class InferenceBatcher:
             self._wakeup = asyncio.Event()
             self._task = loop.create_task(self._run(), name=f"plinth-batcher-{self._model.name}")
         done: asyncio.Future[Inference] = loop.create_future()
-        self._pending.append(_Request(items, request_id, done))
+        request = _Request(items, request_id, done)
+        request.timer = loop.call_later(self._timeout, _expire, request)
+        self._pending.append(request)
         self._wakeup.set()  # type: ignore[union-attr]
         return done
 
@@ -102,7 +127,7 @@ class InferenceBatcher:
                     raise
                 except Exception as error:
                     if len(batch) == 1:
-                        _settle(batch[0], error)
+                        self._settle(batch[0], error)
                         continue
                     for request in batch:  # find the guilty input: each request alone
                         try:
@@ -111,10 +136,10 @@ class InferenceBatcher:
                             )
                         except Exception as alone:
                             answer = alone
-                        _settle(request, answer)
+                        self._settle(request, answer)
                 else:
                     for request, answer in zip(batch, answers, strict=True):
-                        _settle(request, answer)
+                        self._settle(request, answer)
 
     def _take_batch(self) -> list[_Request]:
         batch: list[_Request] = []
@@ -128,14 +153,36 @@ class InferenceBatcher:
             items += len(request.items)
         return batch
 
+    def _settle(self, request: _Request, answer: Inference | BaseException) -> None:
+        if request.timer is not None:
+            request.timer.cancel()
+        if request.done.done():  # timed out while its batch ran: the answer is dropped
+            return
+        if isinstance(answer, BaseException):
+            request.done.set_exception(answer)
+            return
+        # Answered in time: from here the request is acknowledged once its rows are stored.
+        self._store(answer.rows).add_done_callback(
+            lambda stored: _acknowledge(request.done, answer, stored)
+        )
 
-def _settle(request: _Request, answer: Inference | BaseException) -> None:
-    if request.done.done():  # timed out while its batch ran: the answer is dropped
+
+def _expire(request: _Request) -> None:
+    if not request.done.done():
+        request.done.set_exception(InferenceTimeout())
+
+
+def _acknowledge(
+    done: asyncio.Future[Inference], answer: Inference, stored: asyncio.Future[None]
+) -> None:
+    if done.done():  # the client went away meanwhile
         return
-    if isinstance(answer, BaseException):
-        request.done.set_exception(answer)
+    if stored.cancelled():
+        done.cancel()
+    elif (error := stored.exception()) is not None:
+        done.set_exception(error)
     else:
-        request.done.set_result(answer)
+        done.set_result(answer)
 
 
 def _predict(model: LoadedModel, batch: list[_Request]) -> list[Inference]:

@@ -69,15 +69,19 @@ class PredictionWriter:
 
     async def write(self, rows: Sequence[Row]) -> None:
         """Return once ``rows`` are committed; raise the database's error otherwise."""
+        # A cancelled request (client gone) leaves its rows in the batch: they may be stored,
+        # which is fine; what must never happen is an acknowledgement without the commit.
+        await self.submit(rows)
+
+    def submit(self, rows: Sequence[Row]) -> asyncio.Future[None]:
+        """``write`` without awaiting: a future done once ``rows`` are committed."""
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.get_loop() is not loop or self._task.done():
             self._start(loop)
         done: asyncio.Future[None] = loop.create_future()
         self._pending.append(_Request(rows, done))
         self._wakeup.set()  # type: ignore[union-attr]
-        # A cancelled request (client gone) leaves its rows in the batch: they may be stored,
-        # which is fine; what must never happen is an acknowledgement without the commit.
-        await done
+        return done
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         # Lazily, on the loop that serves requests (tests may run one app on several loops;

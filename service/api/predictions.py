@@ -6,7 +6,6 @@ answers 404 for unknown names. No ``from __future__ import annotations`` here: F
 the generated request/response classes as real objects, not strings.
 """
 
-import asyncio
 import re
 import uuid
 from datetime import datetime
@@ -22,6 +21,7 @@ from service.config import Settings
 from service.context import current_request_id
 from service.database import get_prediction
 from service.errors import ProblemError, problem_responses
+from service.inference_batcher import InferenceTimeout
 from service.predictors import LoadedModel, ModelRegistry
 
 # 422 covers a body that is not JSON too (service.api.json_body).
@@ -86,23 +86,19 @@ def _add_predict_route(
                 problem_type="urn:plinth:problem:batch-too-large",
             )
         request_id = current_request_id() or uuid.uuid4().hex
-        state = request.app.state
         # Inference runs off the event loop (a model may be slow or CPU-bound), batched with
-        # concurrent requests. A thread cannot be killed: on timeout the result is dropped,
-        # and as the write below only happens once inference answered in time, a 504 never
-        # stores anything.
-        inference = state.batchers[name].submit(batch, request_id)
+        # concurrent requests, then the rows are group-committed with those of concurrent
+        # requests: the answer comes only after the COMMIT, so an acknowledged prediction is
+        # never lost. A thread cannot be killed: on timeout the model's result is dropped and
+        # nothing is stored.
         try:
-            answer = await asyncio.wait_for(inference, settings.predict_timeout_seconds)
-        except TimeoutError:
+            answer = await request.app.state.batchers[name].submit(batch, request_id)
+        except InferenceTimeout:
             raise ProblemError(
                 504,
                 f"model {name!r} did not answer within {settings.predict_timeout_seconds}s",
                 problem_type="urn:plinth:problem:prediction-timeout",
             ) from None
-        # Group commit with concurrent requests; returns only after our rows' COMMIT, so an
-        # acknowledged prediction is never lost. Bounded by the statement timeout.
-        await state.prediction_writer.write(answer.rows)
         # The outputs were validated by the model's schema already, so they are serialised
         # directly (pydantic-core's JSON encoder) instead of validated again by response_model.
         payload = {
