@@ -25,5 +25,8 @@ if [ ! -x "$UV" ]; then
     python3 -m venv .cache/tools
     .cache/tools/bin/pip install -q --disable-pip-version-check uv
 fi
-"$UV" sync --frozen --quiet
+# Bytecode compiled at install: where PYTHONDONTWRITEBYTECODE is set (as on the CI machine),
+# Python never caches it, and every pyinfra run compiled pyinfra, paramiko and cryptography
+# from source again (2.5 s of a 2.6 s start).
+"$UV" sync --frozen --quiet --compile-bytecode
 echo "bootstrap: ready"

@@ -9,7 +9,7 @@ from functools import cache
 
 from pyinfra import host
 from pyinfra.api import DeployError, deploy
-from pyinfra.facts.files import Link
+from pyinfra.facts.files import File, Link
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
@@ -22,15 +22,15 @@ from infra.deploys.hostops import (
     config_directory,
     host_roles,
     pruned,
-    release_installed,
     render_with_secret,
     secret_file,
 )
+from infra.deploys.installs import layer_installed, release_installed, unused_layers_pruned
 from infra.deploys.postgres import DB_CONNECTION_DEFAULTS
 from infra.deploys.release import RELEASE_DEFAULTS, release_cutover, release_tool
 from infra.deploys.templating import template
 from infra.release import Release, Target, build_release
-from infra.release.build import ReleaseBuildError
+from infra.release.build import LAYER_PTH, ReleaseBuildError
 from infra.release.preflight import PreflightError, preflight
 
 APP_DEFAULTS = {
@@ -90,9 +90,11 @@ def app() -> None:
     release = _release_for(host_target())
     release_dir = f"{layout.RELEASES_DIR}/{release.release_id}"
     artifact = f"{layout.ARTIFACTS_DIR}/{release.artifact.name}"
+    layer_dir = f"{layout.DEPS_DIR}/{release.deps_key}"
 
-    for path in (layout.APP_ROOT, layout.RELEASES_DIR, layout.ARTIFACTS_DIR):
+    for path in (layout.APP_ROOT, layout.RELEASES_DIR, layout.ARTIFACTS_DIR, layout.DEPS_DIR):
         files.directory(name=f"{path}", path=path, mode="755", user="root", group="root")
+    _dependency_layer(release, layer_dir)
     files.put(
         name=f"Upload release {release.release_id}",
         src=str(release.artifact),
@@ -100,10 +102,12 @@ def app() -> None:
         mode="644",
     )
     installed = release_installed(
-        name=f"Install release {release.release_id}",
+        name=f"Install release {release.release_id} on layer {release.deps_key}",
         release_dir=release_dir,
         artifact=artifact,
         marker=layout.INSTALLED_MARKER,
+        layer_dir=layer_dir,
+        pth=LAYER_PTH,
     )
 
     env_changed = _env_file(data)
@@ -118,7 +122,7 @@ def app() -> None:
     # Switch, re-exec Gunicorn from `current`, health check through nginx; else switch back.
     release_cutover(name=f"Cutover: current -> {release.release_id}", release_dir=release_dir)
 
-    _prune(data, release_dir, artifact, current)
+    _prune(data, release_dir, artifact, current, release.deps_key)
 
     systemd.daemon_reload(name="systemd reads the changed units", _if=units_changed)
     systemd.service(
@@ -181,7 +185,27 @@ def _migrations(data, release_dir: str, **condition) -> None:
     )
 
 
-def _prune(data, release_dir, artifact, current) -> None:
+def _dependency_layer(release: Release, layer_dir: str) -> None:
+    """The release's dependency layer: uploaded and installed only when the host lacks it
+    (once per lock), so an app-only release neither uploads nor installs a dependency."""
+    if host.get_fact(File, path=f"{layer_dir}/{layout.INSTALLED_MARKER}"):
+        return
+    uploaded = f"{layout.DEPS_DIR}/{release.deps_artifact.name}"
+    files.put(
+        name=f"Upload dependency layer {release.deps_key}",
+        src=str(release.deps_artifact),
+        dest=uploaded,
+        mode="644",
+    )
+    layer_installed(
+        name=f"Install dependency layer {release.deps_key}",
+        layer_dir=layer_dir,
+        artifact=uploaded,
+        marker=layout.INSTALLED_MARKER,
+    )
+
+
+def _prune(data, release_dir, artifact, current, deps_key) -> None:
     keep = int(data.app_keep_releases)
     running = [release_dir, artifact]
     if current and current.get("link_target"):
@@ -199,6 +223,12 @@ def _prune(data, release_dir, artifact, current) -> None:
         pattern="*.tar",
         keep=keep,
         protect=running,
+    )
+    unused_layers_pruned(
+        name="Remove dependency layers no release uses",
+        layers_dir=layout.DEPS_DIR,
+        releases_dir=layout.RELEASES_DIR,
+        protect=deps_key,
     )
 
 

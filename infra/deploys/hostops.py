@@ -104,29 +104,6 @@ def render_with_secret(source: str, secret_file: str, dest: str, placeholder: st
     yield f"python3 -c {shlex.quote(script)} {args}"
 
 
-@operation()
-def release_installed(release_dir: str, artifact: str, marker: str):
-    """Unpack `artifact` into `release_dir` and build its virtualenv offline; a release with
-    its marker is complete and never touched again (releases are immutable)."""
-    if host.get_fact(File, path=f"{release_dir}/{marker}"):
-        host.noop(f"release {release_dir} is installed")
-        return
-    d, a = shlex.quote(release_dir), shlex.quote(artifact)
-    pip_args = (
-        f"install --quiet --no-index --no-cache-dir --disable-pip-version-check "
-        f"--find-links {d}/wheels -r {d}/requirements.txt {d}/plinth-*.whl"
-    )
-    # Debian's own pip wheel runs pip without installing it: no pip left in the release venv.
-    yield (
-        f"rm -rf {d} && mkdir -p {d} && tar -C {d} -xf {a} "
-        "&& PIP=$(ls /usr/share/python-wheels/pip-*.whl 2>/dev/null | tail -n 1) "
-        f'&& if [ -n "$PIP" ]; then python3 -m venv --without-pip {d}/venv '
-        f'&& {d}/venv/bin/python "$PIP/pip" {pip_args}; '
-        f"else python3 -m venv {d}/venv && {d}/venv/bin/pip {pip_args}; fi "
-        f"&& rm -rf {d}/wheels && chmod -R go-w {d} && touch {d}/{shlex.quote(marker)}"
-    )
-
-
 def config_directory():
     """/etc/plinth (750 root:plinth): the postgres deploy keeps the password there and the
     app deploy the env file; whichever runs on a host first makes it."""

@@ -16,6 +16,7 @@ MIGRATION_USER = "plinth-migrate"
 APP_ROOT = f"/srv/{APP_NAME}"
 RELEASES_DIR = f"{APP_ROOT}/releases"
 ARTIFACTS_DIR = f"{APP_ROOT}/artifacts"
+DEPS_DIR = f"{APP_ROOT}/deps"  # dependency layers, one per lock, shared by releases
 CURRENT_LINK = f"{APP_ROOT}/current"
 RELEASE_INFO_FILE = f"{CURRENT_LINK}/release.json"
 SERVICE_EXECUTABLE = f"{CURRENT_LINK}/venv/bin/{APP_NAME}"

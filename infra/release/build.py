@@ -1,9 +1,12 @@
-"""Build (or reuse from `.cache/releases/`) the artifact one release installs from.
+"""Build (or reuse from `.cache/releases/`) the two artifacts a release installs from.
 
-The artifact is a tar of `plinth-*.whl`, `wheels/` (locked dependencies, binary wheels for the
-host's Python and platform), `requirements.txt` and `release.json`. It is keyed by the content
-of everything that goes into it, so building again with the same inputs gives the very same
-file (same checksum on the host: the upload and the install are no-ops)."""
+- The **dependency layer** `deps-<key>.tar`: `wheels/` (the locked dependencies, binary wheels
+  for the host's Python and platform) and `requirements.txt`. Its key is the lock's export plus
+  the target, so every release of the same lock shares one layer: the host installs it once
+  (as Capistrano shares `shared/bundle` between releases) and a release only adds its own wheel.
+- The **release** `plinth-<id>.tar`: `plinth-*.whl`, `release.json` and `deps` (the layer's
+  key). Keyed by the content of everything that goes into it, so building again with the same
+  inputs gives the very same file (same checksum on the host: upload and install are no-ops)."""
 
 from __future__ import annotations
 
@@ -26,6 +29,10 @@ REPO = Path(__file__).resolve().parents[2]
 CACHE_DIR = REPO / ".cache" / "releases"
 # What the service's wheel and its dependencies are made of.
 SOURCE_PATHS = ("pyproject.toml", "uv.lock", "README.md", "service")
+# In a release's site-packages: the path of its dependency layer's site-packages.
+LAYER_PTH = "plinth-deps.pth"
+# Part of every key: a change of the artifacts' layout never reuses an older build.
+ARTIFACT_FORMAT = "2"
 # Label a build with this revision instead of git's (a new version from the same tree: tests).
 REVISION_ENV = "PLINTH_RELEASE_REVISION"
 # Test only: "readyz" builds a release whose /readyz always answers 503 (a broken release).
@@ -82,8 +89,10 @@ class Release:
     release_id: str
     version: str
     git_revision: str
-    artifact: Path  # the tar on the control machine
+    artifact: Path  # the release's tar on the control machine
     sha256: str
+    deps_key: str
+    deps_artifact: Path  # the dependency layer's tar on the control machine
 
 
 def _run(args: list[str], cwd: Path = REPO) -> str:
@@ -110,7 +119,7 @@ def _source_files() -> list[Path]:
 
 
 def _content_key(target: Target, extra: str = "") -> str:
-    digest = hashlib.sha256(extra.encode())
+    digest = hashlib.sha256(f"{ARTIFACT_FORMAT}\0{extra}".encode())
     for path in _source_files():
         digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
     digest.update(f"{target.python}/{target.glibc}/{target.machine}".encode())
@@ -152,18 +161,60 @@ def build_release(target: Target) -> Release:
     revision = git_revision.split("+")[0][:10]
     release_id = f"{version}-{revision}-{key[:10]}"
     artifact = CACHE_DIR / f"plinth-{release_id}-py{target.python}.tar"
+    requirements = _requirements()
+    deps_key, deps_artifact = _dependency_layer(target, requirements)
     if not artifact.exists():
-        _build(target, version, git_revision, release_id, artifact, FAULTS.get(fault, ""))
+        labels = {"version": version, "git_revision": git_revision, "release_id": release_id}
+        _build(labels, target, deps_key, artifact, FAULTS.get(fault, ""))
         _prune_cache(keep=10)
     sha = hashlib.sha256(artifact.read_bytes()).hexdigest()
-    return Release(release_id, version, git_revision, artifact, sha)
+    return Release(release_id, version, git_revision, artifact, sha, deps_key, deps_artifact)
 
 
 def _prune_cache(keep: int) -> None:
-    """The cache keeps the newest `keep` artifacts."""
-    artifacts = sorted(CACHE_DIR.glob("plinth-*.tar"), key=lambda p: p.stat().st_mtime)
-    for old in artifacts[:-keep]:
-        old.unlink(missing_ok=True)
+    """The cache keeps the newest `keep` artifacts of each kind."""
+    for pattern in ("plinth-*.tar", "deps-*.tar"):
+        artifacts = sorted(CACHE_DIR.glob(pattern), key=lambda p: p.stat().st_mtime)
+        for old in artifacts[:-keep]:
+            old.unlink(missing_ok=True)
+
+
+def _requirements() -> str:
+    return _run(
+        [
+            "uv",
+            "export",
+            "--frozen",
+            "--no-dev",
+            "--no-emit-project",
+            "--no-hashes",
+            "--no-header",
+            "--no-annotate",
+        ]
+    )
+
+
+def _dependency_layer(target: Target, requirements: str) -> tuple[str, Path]:
+    """(key, tar) of the layer with `requirements` for `target`, built once per key."""
+    key = hashlib.sha256(f"{ARTIFACT_FORMAT}\0{requirements}\0{target}".encode()).hexdigest()[:16]
+    artifact = CACHE_DIR / f"deps-{key}.tar"
+    if artifact.exists():
+        artifact.touch()  # in use: the newest, for _prune_cache
+        return key, artifact
+    wheelhouse = _wheelhouse(target, requirements)
+    partial = artifact.with_suffix(".partial")
+    with tarfile.open(partial, "w") as tar:
+        for path in sorted(wheelhouse.iterdir()):
+            tar.add(path, arcname=f"wheels/{path.name}", filter=_fixed_mtime)
+        _add_bytes(tar, "requirements.txt", requirements.encode(), 0)
+    partial.replace(artifact)
+    return key, artifact
+
+
+def _fixed_mtime(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    # The same layer from two control machines is byte for byte the same file.
+    info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "root", "root"
+    return info
 
 
 def _wheelhouse(target: Target, requirements: str) -> Path:
@@ -205,23 +256,8 @@ def _wheelhouse(target: Target, requirements: str) -> Path:
     return wheelhouse
 
 
-def _build(
-    target: Target, version: str, git_revision: str, release_id: str, artifact: Path, fault: str
-):
+def _build(labels: dict[str, str], target: Target, deps_key: str, artifact: Path, fault: str):
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    requirements = _run(
-        [
-            "uv",
-            "export",
-            "--frozen",
-            "--no-dev",
-            "--no-emit-project",
-            "--no-hashes",
-            "--no-header",
-            "--no-annotate",
-        ]
-    )
-    wheelhouse = _wheelhouse(target, requirements)
     with tempfile.TemporaryDirectory(dir=CACHE_DIR) as tmp:
         source = REPO
         if fault:  # a patched copy of the tree; the working tree is never touched
@@ -236,20 +272,12 @@ def _build(
         _run(["uv", "build", "--wheel", "--out-dir", str(wheel_dir)], cwd=source)
         (wheel,) = wheel_dir.glob("*.whl")
         build_time = datetime.now(UTC).replace(microsecond=0).isoformat()
-        info = {
-            "version": version,
-            "git_revision": git_revision,
-            "build_time": build_time,
-            "release_id": release_id,
-            "python": target.python,
-        }
+        info = {**labels, "build_time": build_time, "python": target.python, "deps": deps_key}
         mtime = int(datetime.now(UTC).timestamp())
         partial = artifact.with_suffix(".partial")
         with tarfile.open(partial, "w") as tar:
             tar.add(wheel, arcname=wheel.name)
-            for path in sorted(wheelhouse.iterdir()):
-                tar.add(path, arcname=f"wheels/{path.name}")
-            _add_bytes(tar, "requirements.txt", requirements.encode(), mtime)
+            _add_bytes(tar, "deps", f"{deps_key}\n".encode(), mtime)
             _add_bytes(tar, "release.json", (json.dumps(info, indent=2) + "\n").encode(), mtime)
         partial.replace(artifact)
 

@@ -85,7 +85,7 @@ def ssh(rehearsal, command: str) -> str:
 
 
 def served_release_dirs(rehearsal) -> set[str]:
-    """Release dirs the running master and workers have mapped (their venv's native modules):
+    """Release dirs the running master and workers have mapped (their venv's own interpreter):
     proof of the code that runs, unlike release.json, which follows `current`."""
     out = ssh(
         rehearsal,
@@ -172,6 +172,26 @@ def test_pruning_keeps_five_releases_and_never_the_running_one(first_deploy, reh
     releases = ssh(rehearsal, f"ls {layout.RELEASES_DIR}").split()
     assert len(releases) == 5, releases
     assert current_release(rehearsal).rsplit("/", 1)[-1] in releases
+
+
+def test_releases_share_one_dependency_layer_and_unused_layers_go(first_deploy, rehearsal):
+    stale = f"{layout.DEPS_DIR}/0123456789abcdef"  # as a lock no release uses any more leaves
+    ssh(rehearsal, f"mkdir -p {stale}/venv && touch {stale}/{layout.INSTALLED_MARKER}")
+    assert deploy_revision("test-layer-a").returncode == 0
+    first = current_release(rehearsal)
+    assert deploy_revision("test-layer-b").returncode == 0
+    second = current_release(rehearsal)
+    assert first != second
+    layers = ssh(rehearsal, f"ls {layout.DEPS_DIR}").split()
+    named = {ssh(rehearsal, f"cat {release}/deps") for release in (first, second)}
+    assert len(named) == 1 and layers == list(named), (layers, named)  # shared; the stale one went
+    # A release's venv holds the app alone and reaches its dependencies through the layer.
+    site = f"{second}/venv/lib/python3*/site-packages"
+    assert ssh(rehearsal, f"ls -d {site}/fastapi {site}/service 2>/dev/null").split() == [
+        ssh(rehearsal, f"ls -d {site}/service")
+    ]
+    probe = f"{second}/venv/bin/python -c 'import fastapi; print(fastapi.__file__)'"
+    assert ssh(rehearsal, probe).startswith(f"{layout.DEPS_DIR}/{named.pop()}/")
 
 
 def test_a_second_deploy_fails_naming_the_lock_holder_until_it_is_broken(first_deploy, rehearsal):
