@@ -25,14 +25,12 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from typing import Any
 
 from pydantic import BaseModel
 
 from service.metrics import PREDICTION_LATENCY
+from service.prediction_writer import Row
 from service.predictors import LoadedModel
-
-Row = tuple[Any, ...]  # service.prediction_writer's seven columns
 
 
 class InferenceTimeout(TimeoutError):

@@ -67,14 +67,10 @@ class PredictionWriter:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
 
-    async def write(self, rows: Sequence[Row]) -> None:
-        """Return once ``rows`` are committed; raise the database's error otherwise."""
-        # A cancelled request (client gone) leaves its rows in the batch: they may be stored,
-        # which is fine; what must never happen is an acknowledgement without the commit.
-        await self.submit(rows)
-
     def submit(self, rows: Sequence[Row]) -> asyncio.Future[None]:
-        """``write`` without awaiting: a future done once ``rows`` are committed."""
+        """A future done once ``rows`` are committed, or raising the database's error.
+        Cancelling it (client gone) leaves the rows in the batch: they may be stored, which is
+        fine; what must never happen is an acknowledgement without the commit."""
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.get_loop() is not loop or self._task.done():
             self._start(loop)

@@ -94,7 +94,7 @@ def app() -> None:
 
     for path in (layout.APP_ROOT, layout.RELEASES_DIR, layout.ARTIFACTS_DIR, layout.DEPS_DIR):
         files.directory(name=f"{path}", path=path, mode="755", user="root", group="root")
-    _dependency_layer(release, layer_dir)
+    _install_layer(release, layer_dir)
     files.put(
         name=f"Upload release {release.release_id}",
         src=str(release.artifact),
@@ -185,7 +185,7 @@ def _migrations(data, release_dir: str, **condition) -> None:
     )
 
 
-def _dependency_layer(release: Release, layer_dir: str) -> None:
+def _install_layer(release: Release, layer_dir: str) -> None:
     """The release's dependency layer: uploaded and installed only when the host lacks it
     (once per lock), so an app-only release neither uploads nor installs a dependency."""
     if host.get_fact(File, path=f"{layer_dir}/{layout.INSTALLED_MARKER}"):

@@ -1,5 +1,5 @@
-"""The release artifact, built on the control machine: the project's wheel plus a wheelhouse
-of its locked dependencies for one target Python and platform."""
+"""The release artifacts, built on the control machine: the project's wheel, and a dependency
+layer (a wheelhouse of the locked dependencies for one target Python and platform)."""
 
 from infra.release.build import Release, Target, build_release
 

@@ -201,12 +201,16 @@ def _dependency_layer(target: Target, requirements: str) -> tuple[str, Path]:
     if artifact.exists():
         artifact.touch()  # in use: the newest, for _prune_cache
         return key, artifact
-    wheelhouse = _wheelhouse(target, requirements)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
     partial = artifact.with_suffix(".partial")
-    with tarfile.open(partial, "w") as tar:
-        for path in sorted(wheelhouse.iterdir()):
-            tar.add(path, arcname=f"wheels/{path.name}", filter=_fixed_mtime)
-        _add_bytes(tar, "requirements.txt", requirements.encode(), 0)
+    with tempfile.TemporaryDirectory(dir=CACHE_DIR) as tmp:
+        listed, wheelhouse = Path(tmp) / "requirements.txt", Path(tmp) / "wheels"
+        listed.write_text(requirements)
+        _download_wheels(target, listed, wheelhouse)
+        with tarfile.open(partial, "w") as tar:
+            for path in sorted(wheelhouse.iterdir()):
+                tar.add(path, arcname=f"wheels/{path.name}", filter=_fixed_mtime)
+            _add_bytes(tar, "requirements.txt", requirements.encode(), 0)
     partial.replace(artifact)
     return key, artifact
 
@@ -217,16 +221,8 @@ def _fixed_mtime(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
-def _wheelhouse(target: Target, requirements: str) -> Path:
-    """Binary wheels of the locked dependencies for `target`, downloaded once per lock."""
-    key = hashlib.sha256(f"{requirements}\0{target}".encode()).hexdigest()[:16]
-    wheelhouse = CACHE_DIR / "wheelhouses" / f"py{target.python}-{target.machine}-{key}"
-    if wheelhouse.is_dir():
-        return wheelhouse
-    partial = wheelhouse.with_name(wheelhouse.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    (partial / "requirements.txt").write_text(requirements)
+def _download_wheels(target: Target, requirements: Path, dest: Path) -> None:
+    """Binary wheels of the locked dependencies for `target`, into `dest`."""
     _run(
         [
             *_pip(),
@@ -235,7 +231,7 @@ def _wheelhouse(target: Target, requirements: str) -> Path:
             "--no-deps",
             "--only-binary=:all:",
             "--dest",
-            str(partial),
+            str(dest),
             "--python-version",
             target.python,
             "--implementation",
@@ -248,12 +244,9 @@ def _wheelhouse(target: Target, requirements: str) -> Path:
             "none",
             *(arg for tag in target.platform_tags for arg in ("--platform", tag)),
             "-r",
-            str(partial / "requirements.txt"),
+            str(requirements),
         ]
     )
-    (partial / "requirements.txt").unlink()
-    partial.rename(wheelhouse)
-    return wheelhouse
 
 
 def _build(labels: dict[str, str], target: Target, deps_key: str, artifact: Path, fault: str):

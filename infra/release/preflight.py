@@ -59,7 +59,7 @@ def preflight(release: Release, target: Target) -> None:
         print(f"preflight skipped: control Python {here}, host {target.python}", file=sys.stderr)
         return
     site = f"lib/python{target.python}/site-packages"
-    deps = _dependency_layer(release)
+    deps = _layer_venv(release)
     with tempfile.TemporaryDirectory(prefix="plinth-preflight-") as tmp:
         root = Path(tmp)
         with tarfile.open(release.artifact) as tar:
@@ -81,7 +81,7 @@ def preflight(release: Release, target: Target) -> None:
     ok_marker.touch()
 
 
-def _dependency_layer(release: Release) -> Path:
+def _layer_venv(release: Release) -> Path:
     """The layer's venv on the control machine, installed from its artifact once per key (as
     the host does), so an app-only release's preflight installs the app alone."""
     layer = CACHE_DIR / "preflight-layers" / release.deps_key
