@@ -112,8 +112,8 @@ def test_sending_a_batch_again_stores_it_once(settings: Settings, db: psycopg.Co
     async def twice() -> None:
         app = create_app(settings)
         try:
-            await app.state.prediction_writer.write(rows)
-            await app.state.prediction_writer.write(rows)
+            await app.state.prediction_writer.submit(rows)
+            await app.state.prediction_writer.submit(rows)
         finally:
             await app.state.prediction_writer.close()
             app.state.engine.dispose()
