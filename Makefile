@@ -4,7 +4,8 @@ RUN     := $(UV) run --frozen
 PYINFRA := $(RUN) pyinfra -y
 RELEASE ?= bookworm
 
-.PHONY: help rehearse rehearse-down deploy-rehearsal restore ssh logs deploy-production \
+.PHONY: help rehearse rehearse-down deploy-rehearsal release-rehearsal restore ssh logs \
+        deploy-production release-production \
         deploy-production-dry dev lint format test test-service test-infra test-infra-bookworm \
         test-infra-trixie test-rehearsal-tool bench
 
@@ -18,6 +19,9 @@ rehearse:  ## boot (or reuse) the local rehearsal host, deploy plinth to it, pri
 
 deploy-rehearsal:  ## re-deploy to the running rehearsal host
 	$(PYINFRA) infra/inventories/rehearsal.py infra/deploys/site.py
+
+release-rehearsal:  ## app-only release to the rehearsal host (the app deploy alone; see docs/releases.md)
+	$(PYINFRA) infra/inventories/rehearsal.py infra/deploys/release.py
 
 restore:  ## restore a database dump (PLINTH_RESTORE_DUMP=file, default the newest; INVENTORY=...)
 	$(PYINFRA) $(or $(INVENTORY),infra/inventories/rehearsal.py) infra/deploys/restore.py
@@ -39,6 +43,9 @@ rollback:  ## rehearsal back to the previous release (or PLINTH_ROLLBACK_TO=<rel
 
 deploy-production:  ## deploy to PLINTH_HOST (see README: production)
 	$(PYINFRA) infra/inventories/production.py infra/deploys/site.py
+
+release-production:  ## app-only release to PLINTH_HOST, once deploy-production has set it up
+	$(PYINFRA) infra/inventories/production.py infra/deploys/release.py
 
 deploy-production-dry:  ## show what a production deploy would change, change nothing
 	$(RUN) pyinfra --dry infra/inventories/production.py infra/deploys/site.py

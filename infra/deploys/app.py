@@ -4,18 +4,17 @@ Gunicorn runs under systemd, socket-activated on a unix socket only nginx can co
 
 from __future__ import annotations
 
-import shlex
 from functools import cache
 
 from pyinfra import host
 from pyinfra.api import DeployError, deploy
 from pyinfra.facts.files import File, Link
 from pyinfra.facts.server import LinuxDistribution
-from pyinfra.operations import files, server, systemd
+from pyinfra.operations import apt, files, systemd
 from pyinfra.operations.util import any_changed
 
 from infra.deploys import layout
-from infra.deploys.accounts import account
+from infra.deploys.cutover import RELEASE_DEFAULTS, release_cutover, release_tool
 from infra.deploys.hostops import (
     HostPython,
     PathsFresh,
@@ -25,9 +24,14 @@ from infra.deploys.hostops import (
     render_with_secret,
     secret_file,
 )
-from infra.deploys.installs import layer_installed, release_installed, unused_layers_pruned
+from infra.deploys.installs import (
+    RELEASE_INSTALLER_PACKAGE,
+    layer_installed,
+    release_installed,
+    unused_layers_pruned,
+)
+from infra.deploys.migrations import at_release_head, migrate, migration_account
 from infra.deploys.postgres import DB_CONNECTION_DEFAULTS
-from infra.deploys.release import RELEASE_DEFAULTS, release_cutover, release_tool
 from infra.deploys.templating import template
 from infra.release import Release, Target, build_release
 from infra.release.build import LAYER_PTH, ReleaseBuildError
@@ -80,6 +84,20 @@ def host_target() -> Target:
     return Target(known["python"], known["glibc"])
 
 
+def require_provisioned() -> None:
+    """For an app-only release (infra/deploys/release.py): the whole deploy has set this host
+    up (a release serves behind nginx), else one line says what to run."""
+    if "app" not in host_roles():
+        raise DeployError(f"release: {host.name} has no app role; releases go to app hosts")
+    served = host.get_fact(Link, path=layout.CURRENT_LINK)
+    proxied = host.get_fact(Link, path=layout.NGINX_SITE_ENABLED)
+    if not (served and proxied):
+        raise DeployError(
+            f"release: {host.name} is not provisioned (no {layout.CURRENT_LINK} or nginx site): "
+            "run the whole deploy first (infra/deploys/site.py, make deploy-*)"
+        )
+
+
 def database_url(data, role: str, password: str) -> str:
     return f"postgresql+psycopg://{role}:{password}@{data.db_host}:{data.db_port}/{data.db_name}"
 
@@ -94,6 +112,11 @@ def app() -> None:
 
     for path in (layout.APP_ROOT, layout.RELEASES_DIR, layout.ARTIFACTS_DIR, layout.DEPS_DIR):
         files.directory(name=f"{path}", path=path, mode="755", user="root", group="root")
+    apt.packages(
+        name=f"Release installer ({RELEASE_INSTALLER_PACKAGE})",
+        packages=[RELEASE_INSTALLER_PACKAGE],
+        no_recommends=True,
+    )
     _install_layer(release, layer_dir)
     files.put(
         name=f"Upload release {release.release_id}",
@@ -115,9 +138,13 @@ def app() -> None:
 
     current = host.get_fact(Link, path=layout.CURRENT_LINK)
     switching = not current or current.get("link_target") != release_dir
-    # Migrate with the new release's code, before it (or a new setting) serves.
-    migrate = {} if switching else {"_if": any_changed(installed, env_changed)}
-    _migrations(data, release_dir, **migrate)
+    # Migrate with the new release's code, before it (or a new setting) serves; a release
+    # whose migrations the database has already skips it.
+    migration_account()
+    if not (switching and at_release_head(data, layer_dir, release.migration_head)):
+        owner_url = database_url(data, data.db_owner, "${owner_password}")
+        condition = {} if switching else {"_if": any_changed(installed, env_changed)}
+        migrate(data, release_dir, owner_url, **condition)
     release_tool()
     # Switch, re-exec Gunicorn from `current`, health check through nginx; else switch back.
     release_cutover(name=f"Cutover: current -> {release.release_id}", release_dir=release_dir)
@@ -148,40 +175,6 @@ def app() -> None:
         service=layout.SERVICE_UNIT,
         reloaded=True,
         _if=any_changed(env_changed),
-    )
-
-
-def _migrations(data, release_dir: str, **condition) -> None:
-    """`plinth migrate` logged in as the owner role, run by its own system user: root reads
-    the owner's password into that process's environment (never onto a command line), so
-    neither the service user nor its env file ever holds it."""
-    server.group(name=f"Group {layout.MIGRATION_USER}", group=layout.MIGRATION_USER, system=True)
-    account(  # noqa: S604 (a login shell, not subprocess shell=True)
-        name=f"User {layout.MIGRATION_USER}: runs migrations, no login, no home",
-        user=layout.MIGRATION_USER,
-        group=layout.MIGRATION_USER,
-        home="/nonexistent",
-        shell="/usr/sbin/nologin",
-        system=True,
-        create_home=False,
-        ensure_home=False,
-    )
-    if "db" not in host_roles():  # on a db host the postgres deploy made it already
-        secret_file(
-            name="Database owner password generated on the host (copy it to the db host)",
-            path=layout.DB_OWNER_PASSWORD_FILE,
-        )
-    owner_url = database_url(data, data.db_owner, "${owner_password}")
-    server.shell(
-        name=f"Migrations: plinth migrate as {layout.MIGRATION_USER}, role {data.db_owner}",
-        commands=[
-            f"owner_password=$(cat {layout.DB_OWNER_PASSWORD_FILE}) && "
-            f"PLINTH_ENVIRONMENT={shlex.quote(str(data.app_environment))} "
-            # DATABASE_URL is the one URL settings require: here it is the owner's.
-            f'PLINTH_DATABASE_URL="{owner_url}" '
-            f"runuser -u {layout.MIGRATION_USER} -- {release_dir}/venv/bin/plinth migrate"
-        ],
-        **condition,
     )
 
 

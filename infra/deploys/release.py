@@ -1,144 +1,16 @@
-"""Releases on the host: the deploy lock, the cutover to a release (switch `current`, re-exec
-Gunicorn, health check through nginx, switch back on failure) and the facts a rollback needs.
-The work is done on the host by `plinth-release` (templates/app/plinth-release.j2)."""
+"""`make release-rehearsal` / `make release-production`: an app-only release, as `kamal deploy`
+or `cap deploy` are to their setup: the app deploy alone (build, preflight, upload, install,
+migrate, cutover with its health check, pruning) on a host the whole deploy (site.py) has
+provisioned. Nothing else on the host is looked at, so a release is the app's work only; a
+changed setting of nginx, TLS, PostgreSQL or the OS takes the whole deploy."""
 
-from __future__ import annotations
+from infra.deploys.app import app, require_provisioned
+from infra.deploys.connection import no_nagle
+from infra.deploys.cutover import deploy_lock
+from infra.deploys.validate import validate
 
-import getpass
-import os
-import shlex
-import socket
-from functools import cache
-
-from jinja2 import Template
-from pyinfra import host
-from pyinfra.api import DeployError, FactBase, operation
-from pyinfra.facts.files import Link
-
-from infra.deploys import layout
-from infra.deploys.templating import TEMPLATES_DIR, template
-
-RELEASE_TOOL = "/usr/local/sbin/plinth-release"
-DEPLOY_LOCK = "/run/lock/plinth-deploy"
-# Break a lock left by a deploy that is gone (its holder is stopped first): PLINTH_DEPLOY_LOCK=break
-LOCK_ENV = "PLINTH_DEPLOY_LOCK"
-
-RELEASE_DEFAULTS = {
-    # Seconds the new release has to pass /readyz and report its /version through nginx.
-    "release_health_timeout": 30,
-    # Seconds the re-executed Gunicorn has to boot a worker of the new release.
-    "release_start_timeout": 60,
-    # Seconds a deploy waits for another deploy's lock before failing with the holder's name.
-    "release_lock_wait": 0,
-}
-
-
-def _setting(key: str):
-    return host.data.get(key, RELEASE_DEFAULTS[key])
-
-
-def tool_vars() -> dict[str, object]:
-    """What `plinth-release` is rendered with: the health check's address and trust anchor."""
-    from infra.deploys.tls import LETSENCRYPT_DIR, SELF_SIGNED_DIR  # tls -> validate -> app
-
-    data = host.data
-    mode = data.get("tls_mode", "acme")
-    name = data.get("tls_cert_name", layout.APP_NAME)
-    ca = {
-        "acme": f"{LETSENCRYPT_DIR}/live/{name}/chain.pem",  # the issuer as a partial chain
-        "self-signed": f"{SELF_SIGNED_DIR}/self-signed.crt",
-    }.get(mode, "")
-    return {
-        "domain": data.domain,
-        "health_mode": "http" if mode == "off" else "https",
-        "health_ca": ca,
-        "health_timeout": _setting("release_health_timeout"),
-        "start_timeout": _setting("release_start_timeout"),
-        "lock_file": DEPLOY_LOCK,
-    }
-
-
-def release_tool():
-    return template(
-        "app/plinth-release.j2",
-        RELEASE_TOOL,
-        name=f"{RELEASE_TOOL} (cutover, health check, deploy lock)",
-        mode="755",
-        **tool_vars(),
-    )
-
-
-class DeployLockTaken(FactBase):
-    """Takes the deploy lock for this SSH connection (a fact, so an unchanged deploy stays
-    a no-op): "ok", or the line naming who holds it."""
-
-    def command(self, script, who, wait, mode):
-        return (
-            f"python3 -c {shlex.quote(script)} lock-acquire {shlex.quote(who)} "
-            f"{float(wait)} {mode} 2>&1 || true"
-        )
-
-    def process(self, output):
-        lines = [line for line in output if line.strip()]
-        return "ok" if not lines else lines[-1]
-
-
-@cache
-def _who() -> str:
-    return f"{getpass.getuser()}@{socket.gethostname()} (pyinfra pid {os.getpid()})"
-
-
-def deploy_lock() -> None:
-    """One deploy per host at a time; fails before any change, naming the holder."""
-    mode = "force" if os.environ.get(LOCK_ENV) == "break" else "wait"
-    source = (TEMPLATES_DIR / "app/plinth-release.j2").read_text()
-    script = Template(source).render(**layout.layout_vars(), **tool_vars())
-    answer = host.get_fact(
-        DeployLockTaken, script=script, who=_who(), wait=_setting("release_lock_wait"), mode=mode
-    )
-    if answer != "ok":
-        raise DeployError(f"{answer} (if that deploy is gone: {LOCK_ENV}=break)")
-
-
-@operation()
-def release_cutover(release_dir: str):
-    """`current` -> `release_dir`, live and healthy, or the deploy fails and the old serves."""
-    current = host.get_fact(Link, path=layout.CURRENT_LINK)
-    if current and current.get("link_target") == release_dir:
-        host.noop(f"{layout.CURRENT_LINK} -> {release_dir}")
-        return
-    yield f"{RELEASE_TOOL} cutover {shlex.quote(release_dir)}"
-
-
-class InstalledReleases(FactBase):
-    """Installed release dirs, oldest first (by install time)."""
-
-    def command(self, directory, marker):
-        d, m = shlex.quote(directory), shlex.quote(marker)
-        return f"ls -1tr --time=ctime -d {d}/*/{m} 2>/dev/null | sed 's#/{marker}$##' || true"
-
-    def process(self, output):
-        return [line for line in output if line.strip()]
-
-
-def rollback_target(named: str | None) -> str:
-    """The named release, else the newest one installed before the running one that served
-    healthy once (a release whose cutover failed its health check is never a target)."""
-    releases = host.get_fact(
-        InstalledReleases, directory=layout.RELEASES_DIR, marker=layout.INSTALLED_MARKER
-    )
-    went_live = set(
-        host.get_fact(InstalledReleases, directory=layout.RELEASES_DIR, marker=layout.LIVE_MARKER)
-    )
-    current = (host.get_fact(Link, path=layout.CURRENT_LINK) or {}).get("link_target")
-    if named:
-        wanted = f"{layout.RELEASES_DIR}/{named.rstrip('/').split('/')[-1]}"
-        if wanted not in releases:
-            names = ", ".join(r.rsplit("/", 1)[-1] for r in releases)
-            raise DeployError(f"rollback: no installed release {named!r} (installed: {names})")
-        return wanted
-    older = releases[: releases.index(current)] if current in releases else []
-    older = [release for release in older if release in went_live]
-    if not older:
-        raise DeployError(f"rollback: no healthy release installed before {current}")
-    return older[-1]
+no_nagle()
+validate()  # the same inventory checks as the whole deploy, before any host changes
+deploy_lock()
+require_provisioned()  # a host the whole deploy has not set up is refused, with what to run
+app()

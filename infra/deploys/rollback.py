@@ -8,7 +8,7 @@ import os
 
 from infra.deploys import layout
 from infra.deploys.connection import no_nagle
-from infra.deploys.release import deploy_lock, release_cutover, release_tool, rollback_target
+from infra.deploys.cutover import deploy_lock, release_cutover, release_tool, rollback_target
 
 no_nagle()
 deploy_lock()

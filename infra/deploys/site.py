@@ -5,13 +5,13 @@ from infra.deploys.app import app
 from infra.deploys.backups import backups
 from infra.deploys.base import base
 from infra.deploys.connection import no_nagle
+from infra.deploys.cutover import deploy_lock
 from infra.deploys.firewall import firewall
 from infra.deploys.hostops import host_roles
 from infra.deploys.logcaps import logcaps
 from infra.deploys.nginx import nginx
 from infra.deploys.os_hardening import os_hardening
 from infra.deploys.postgres import postgresql
-from infra.deploys.release import deploy_lock
 from infra.deploys.sandbox import sandbox
 from infra.deploys.tls import tls
 from infra.deploys.updates import updates

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from service.migrations import head_revision  # the release's migrations are this tree's
+
 REPO = Path(__file__).resolve().parents[2]
 CACHE_DIR = REPO / ".cache" / "releases"
 # What the service's wheel and its dependencies are made of.
@@ -93,6 +95,7 @@ class Release:
     sha256: str
     deps_key: str
     deps_artifact: Path  # the dependency layer's tar on the control machine
+    migration_head: str | None  # the Alembic revision the release's migrations end at
 
 
 def _run(args: list[str], cwd: Path = REPO) -> str:
@@ -168,7 +171,9 @@ def build_release(target: Target) -> Release:
         _build(labels, target, deps_key, artifact, FAULTS.get(fault, ""))
         _prune_cache(keep=10)
     sha = hashlib.sha256(artifact.read_bytes()).hexdigest()
-    return Release(release_id, version, git_revision, artifact, sha, deps_key, deps_artifact)
+    return Release(
+        release_id, version, git_revision, artifact, sha, deps_key, deps_artifact, head_revision()
+    )
 
 
 def _prune_cache(keep: int) -> None:

@@ -59,10 +59,13 @@ class DeployRun:
         return json.loads(self.stdout)["results"]["totals"]
 
 
-def run_deploy(*extra: str, dry: bool = False, inventory: str = INVENTORY) -> DeployRun:
-    """`pyinfra -y --json INVENTORY site.py` from the repository root, as the Makefile runs it."""
+def run_deploy(
+    *extra: str, dry: bool = False, inventory: str = INVENTORY, entry: str = SITE
+) -> DeployRun:
+    """`pyinfra -y --json INVENTORY site.py` (or another `entry` deploy) from the repository
+    root, as the Makefile runs it."""
     env = {**os.environ, "PLINTH_REHEARSAL_HOST_JSON": str(host_json_path())}
-    args = [sys.executable, "-m", "pyinfra", "-y", "--json", *extra, inventory, SITE]
+    args = [sys.executable, "-m", "pyinfra", "-y", "--json", *extra, inventory, entry]
     if dry:
         args.insert(3, "--dry")
     started = time.monotonic()

@@ -377,6 +377,20 @@ def test_bookworm_up_status_ssh_down(state_dir, env) -> None:
     # Another release while one runs: one line telling to run down first.
     assert_one_line_error(cli("up", "--release", "trixie", env=env), "run `python -m infra")
 
+    # An app-only release (`make release-*`) refuses a host the whole deploy never set up.
+    release = subprocess.run(
+        [sys.executable, "-m", "pyinfra", "-y", "infra/inventories/rehearsal.py",
+         "infra/deploys/release.py"],
+        cwd=REPO,
+        env={**env, "PLINTH_REHEARSAL_HOST_JSON": str(state_dir / "host.json")},
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert release.returncode != 0
+    assert "is not provisioned" in release.stderr and "run the whole deploy first" in (
+        release.stderr
+    ), release.stderr[-1500:]
+
     _down_and_check(state_dir, env)
 
 

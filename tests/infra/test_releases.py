@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shlex
 import socket
 import ssl
 import subprocess
@@ -16,11 +17,16 @@ import time
 from collections import Counter
 
 import pytest
-from conftest import REPO, host_json_path, run_deploy, ssh_argv
+from conftest import REPO, SITE, host_json_path, run_deploy, ssh_argv
 
 from infra.deploys import layout
+from infra.deploys.postgres import DB_CONNECTION_DEFAULTS
+from service.migrations import VERSION_TABLE
 
 pytestmark = pytest.mark.infra
+
+RELEASE = "infra/deploys/release.py"  # `make release-*`: the app deploy alone
+MIGRATION_OP = "Migrations: plinth migrate"
 
 
 class Traffic:
@@ -70,10 +76,10 @@ class Traffic:
             thread.join()
 
 
-def deploy_revision(revision: str, **env: str):
+def deploy_revision(revision: str, entry: str = SITE, **env: str):
     os.environ.update(PLINTH_RELEASE_REVISION=revision, **env)
     try:
-        return run_deploy()
+        return run_deploy(entry=entry)
     finally:
         for key in ("PLINTH_RELEASE_REVISION", *env):
             os.environ.pop(key, None)
@@ -119,6 +125,46 @@ def test_a_new_release_goes_live_with_zero_failed_requests(first_deploy, rehears
     assert set(after.revisions) == {"test-one"}, after.revisions
     # The new code itself serves (a HUP would have kept the old venv in every worker).
     assert served_release_dirs(rehearsal) == {current_release(rehearsal)}
+
+
+def operations_run(run) -> list[str]:
+    """The operations a deploy planned, as pyinfra names them ("App | ...")."""
+    return [
+        line.split("--> Starting operation: ", 1)[1].strip()
+        for line in run.stderr.splitlines()
+        if "--> Starting operation: " in line
+    ]
+
+
+def test_an_app_only_release_goes_live_with_zero_failed_requests(first_deploy, rehearsal):
+    """`make release-*`: the app deploy alone, the same cutover; the schema is at the
+    release's head already, so no migration runs."""
+    with Traffic(rehearsal) as traffic:
+        run = deploy_revision("test-app-only", entry=RELEASE)
+        assert run.returncode == 0, run.stderr[-2000:]
+        with Traffic(rehearsal) as after:
+            time.sleep(2)
+    assert traffic.failures == [], traffic.failures[:5]
+    assert set(after.revisions) == {"test-app-only"}, after.revisions
+    assert served_release_dirs(rehearsal) == {current_release(rehearsal)}
+    operations = operations_run(run)
+    assert operations and all(op.startswith("App | ") for op in operations), operations
+    assert not [op for op in operations if MIGRATION_OP in op], operations
+    again = deploy_revision("test-app-only", entry=RELEASE)
+    assert again.returncode == 0 and again.totals["success"] == 0, again.stderr[-2000:]
+
+
+def test_a_schema_not_known_to_be_at_the_release_head_is_migrated(first_deploy, rehearsal):
+    """The skip needs proof: when the version table cannot be read as the service role, the
+    deploy runs `plinth migrate` (and the database deploy restores the grant)."""
+    db = DB_CONNECTION_DEFAULTS  # the rehearsal inventory keeps them
+    revoke = f"REVOKE SELECT ON {VERSION_TABLE} FROM {db['db_user']}"  # noqa: S608 (ours)
+    psql = f"runuser -u postgres -- psql -q -d {db['db_name']} -c {shlex.quote(revoke)}"
+    ssh(rehearsal, psql)
+    run = deploy_revision("test-migrate")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert [op for op in operations_run(run) if MIGRATION_OP in op], operations_run(run)
+    assert https_status(rehearsal, "/readyz") == 200
 
 
 def test_a_release_that_fails_readiness_is_rolled_back(first_deploy, rehearsal):
