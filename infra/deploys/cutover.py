@@ -110,8 +110,10 @@ def release_cutover(release_dir: str):
     yield f"{RELEASE_TOOL} cutover {shlex.quote(release_dir)}"
 
 
-class InstalledReleases(FactBase):
-    """Installed release dirs, oldest first (by install time)."""
+class ReleasesByMarker(FactBase):
+    """Release dirs holding `marker`, oldest first by the marker's last change: install time
+    for the installed marker, the last time it went live for the live one (touched on every
+    healthy cutover)."""
 
     def command(self, directory, marker):
         d, m = shlex.quote(directory), shlex.quote(marker)
@@ -122,23 +124,22 @@ class InstalledReleases(FactBase):
 
 
 def rollback_target(named: str | None) -> str:
-    """The named release, else the newest one installed before the running one that served
-    healthy once (a release whose cutover failed its health check is never a target)."""
-    releases = host.get_fact(
-        InstalledReleases, directory=layout.RELEASES_DIR, marker=layout.INSTALLED_MARKER
-    )
-    went_live = set(
-        host.get_fact(InstalledReleases, directory=layout.RELEASES_DIR, marker=layout.LIVE_MARKER)
-    )
+    """The named release, else the one that was live before the running one (as an undo: a
+    release whose cutover failed its health check never went live, so is never a target)."""
     current = (host.get_fact(Link, path=layout.CURRENT_LINK) or {}).get("link_target")
     if named:
+        releases = host.get_fact(
+            ReleasesByMarker, directory=layout.RELEASES_DIR, marker=layout.INSTALLED_MARKER
+        )
         wanted = f"{layout.RELEASES_DIR}/{named.rstrip('/').split('/')[-1]}"
         if wanted not in releases:
             names = ", ".join(r.rsplit("/", 1)[-1] for r in releases)
             raise DeployError(f"rollback: no installed release {named!r} (installed: {names})")
         return wanted
-    older = releases[: releases.index(current)] if current in releases else []
-    older = [release for release in older if release in went_live]
-    if not older:
-        raise DeployError(f"rollback: no healthy release installed before {current}")
-    return older[-1]
+    went_live = host.get_fact(
+        ReleasesByMarker, directory=layout.RELEASES_DIR, marker=layout.LIVE_MARKER
+    )
+    before = [release for release in went_live if release != current]
+    if not before:
+        raise DeployError(f"rollback: no release was live before {current}")
+    return before[-1]

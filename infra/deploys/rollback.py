@@ -1,4 +1,4 @@
-"""`make rollback`: back to the release installed before the running one, or to the one named
+"""`make rollback`: back to the release that was live before the running one, or to the one named
 in PLINTH_ROLLBACK_TO (a release id, as in /srv/plinth/releases/). The same cutover as a
 deploy: switch `current`, re-exec Gunicorn, health check through nginx, switch back on failure.
 No migrations run: the schema stays expanded, which the older release tolerates
