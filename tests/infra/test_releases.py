@@ -205,11 +205,19 @@ def test_rollback_goes_to_the_previous_release_with_zero_failed_requests(first_d
 
 
 def test_a_restart_of_the_unit_refuses_no_request(first_deploy, rehearsal):
+    """After a cutover too, when systemd's main PID is the re-executed master it did not
+    fork: every process is stopped gracefully (TERM, in-flight requests finish), none KILLed."""
+    assert deploy_revision("test-restart").returncode == 0
+    since = ssh(rehearsal, "date +%s")
     with Traffic(rehearsal) as traffic:
         ssh(rehearsal, f"systemctl restart {layout.SERVICE_UNIT}")
         time.sleep(3)
     assert traffic.failures == [], traffic.failures[:5]
     assert sum(traffic.revisions.values()) > 100
+    journal = ssh(rehearsal, f"journalctl -u {layout.SERVICE_UNIT} --since @{since} -o cat")
+    assert "Started" in journal, journal[-2000:]
+    killed = [line for line in journal.splitlines() if "SIGKILL" in line or "status=9" in line]
+    assert killed == [], killed
 
 
 def test_pruning_keeps_five_releases_and_never_the_running_one(first_deploy, rehearsal):
