@@ -14,6 +14,10 @@ from pyinfra import host
 from pyinfra.api import FactBase, operation
 from pyinfra.facts.files import File
 
+# A release's wheel is installed by pypa's installer from this Debian package, whose module
+# lives in INSTALLER_PATH (the app deploy installs the package).
+RELEASE_INSTALLER_PACKAGE = "python3-installer"
+INSTALLER_PATH = "/usr/lib/python3/dist-packages"
 # Debian's own pip wheel runs pip without installing it, so no venv keeps a pip of its own;
 # without that wheel (not Debian's layout), a venv's own pip does the install.
 _PIP = (
@@ -21,9 +25,6 @@ _PIP = (
     'then python3 -m venv --without-pip {venv} && {venv}/bin/python "$PIP/pip" {args}; '
     "else python3 -m venv {venv} && {venv}/bin/pip {args}; fi"
 )
-# Where Debian's python3-installer (RELEASE_INSTALLER_PACKAGE) puts the `installer` module.
-RELEASE_INSTALLER_PACKAGE = "python3-installer"
-INSTALLER_PATH = "/usr/lib/python3/dist-packages"
 _PIP_INSTALL = "install --quiet --no-index --no-cache-dir --disable-pip-version-check"
 _SITE_PACKAGES = (
     "$({venv}/bin/python -c 'import sysconfig; print(sysconfig.get_path(\"purelib\"))')"

@@ -115,16 +115,23 @@ def current_release(rehearsal) -> str:
     return ssh(rehearsal, f"readlink {layout.CURRENT_LINK}")
 
 
-def test_a_new_release_goes_live_with_zero_failed_requests(first_deploy, rehearsal):
+def goes_live_under_traffic(rehearsal, revision: str, entry: str = SITE):
+    """Deploy `revision` under HTTPS traffic: no request fails, then only it is served, by
+    its own code. Returns the deploy's run."""
     with Traffic(rehearsal) as traffic:
-        run = deploy_revision("test-one")
+        run = deploy_revision(revision, entry=entry)
         assert run.returncode == 0, run.stderr[-2000:]
         with Traffic(rehearsal) as after:
             time.sleep(2)
     assert traffic.failures == [], traffic.failures[:5]
-    assert set(after.revisions) == {"test-one"}, after.revisions
+    assert set(after.revisions) == {revision}, after.revisions
     # The new code itself serves (a HUP would have kept the old venv in every worker).
     assert served_release_dirs(rehearsal) == {current_release(rehearsal)}
+    return run
+
+
+def test_a_new_release_goes_live_with_zero_failed_requests(first_deploy, rehearsal):
+    goes_live_under_traffic(rehearsal, "test-one")
 
 
 def operations_run(run) -> list[str]:
@@ -139,14 +146,7 @@ def operations_run(run) -> list[str]:
 def test_an_app_only_release_goes_live_with_zero_failed_requests(first_deploy, rehearsal):
     """`make release-*`: the app deploy alone, the same cutover; the schema is at the
     release's head already, so no migration runs."""
-    with Traffic(rehearsal) as traffic:
-        run = deploy_revision("test-app-only", entry=RELEASE)
-        assert run.returncode == 0, run.stderr[-2000:]
-        with Traffic(rehearsal) as after:
-            time.sleep(2)
-    assert traffic.failures == [], traffic.failures[:5]
-    assert set(after.revisions) == {"test-app-only"}, after.revisions
-    assert served_release_dirs(rehearsal) == {current_release(rehearsal)}
+    run = goes_live_under_traffic(rehearsal, "test-app-only", entry=RELEASE)
     operations = operations_run(run)
     assert operations and all(op.startswith("App | ") for op in operations), operations
     assert not [op for op in operations if MIGRATION_OP in op], operations
