@@ -5,7 +5,11 @@ cannot speak to a unix socket, and a ratio is only fair with one client for both
 
 One process per connection (no GIL between them). Each sends a request, reads the whole
 response and sends the next; after a warm-up, the requests that complete inside the measured
-window are counted. Prints one JSON object: requests, errors, rps, p50/p99/max latency (ms).
+window are counted. Prints one JSON object: requests, errors, rps, p50/p99/max latency (ms),
+and where the CPU went: the CPU time every other process on the machine used inside the
+measured window (from /proc, summed by command name) and the client's own (its processes'
+rusage), each in µs per request. On a host that runs only the service, that splits a request's
+cost between Gunicorn, nginx, journald and the client.
 
   python3 loadgen.py tls:127.0.0.1:443:example.org GET /healthz --connections 4 --seconds 10
   python3 loadgen.py unix:/run/app.sock POST /v1/x --body '{"a": 1}' --connections 4
@@ -101,7 +105,7 @@ def close(sock: socket.socket | None, tls_sessions: dict) -> None:
 def worker(args, request: bytes, start: float, out) -> None:
     """One connection's loop; writes its counts and latencies (ms) as JSON to `out`."""
     begin, end = start + args.warmup, start + args.warmup + args.seconds
-    latencies, errors, statuses, sessions, first_error = [], 0, {}, {}, ""
+    latencies, errors, statuses, sessions, first_error, made = [], 0, {}, {}, "", 0
     sock = reader = None
     while (now := time.time()) < end:
         try:
@@ -111,6 +115,7 @@ def worker(args, request: bytes, start: float, out) -> None:
             sent = time.perf_counter()
             sock.sendall(request)
             status, keep = reader.response()
+            made += 1
             took = (time.perf_counter() - sent) * 1000
             if now >= begin:
                 statuses[status] = statuses.get(status, 0) + 1
@@ -125,8 +130,31 @@ def worker(args, request: bytes, start: float, out) -> None:
                 errors += 1
                 first_error = first_error or f"{type(error).__name__}: {error}"
             sock = close(sock, sessions)
-    result = {"latencies": latencies, "errors": errors, "statuses": statuses}
+    result = {"latencies": latencies, "errors": errors, "statuses": statuses, "made": made}
     out.write(json.dumps({**result, "first_error": first_error}))
+
+
+def cpu_ticks(exclude: set[int]) -> dict[str, int]:
+    """CPU ticks (user + system, all threads) used so far by each command name, over every
+    process but `exclude` (this client's own)."""
+    totals: dict[str, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) in exclude:
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as stat:
+                line = stat.read()
+        except OSError:  # gone meanwhile
+            continue
+        name, _, rest = line[line.index("(") + 1 :].rpartition(")")
+        fields = rest.split()  # fields[0] is the state; utime and stime are 11 and 12 on
+        totals[name] = totals.get(name, 0) + int(fields[11]) + int(fields[12])
+    return totals
+
+
+def per_request_us(ticks: dict[str, int], requests: int) -> dict[str, float]:
+    scale = 1e6 / os.sysconf("SC_CLK_TCK") / max(requests, 1)
+    return {name: round(t * scale, 1) for name, t in sorted(ticks.items()) if t * scale >= 1}
 
 
 def main() -> int:
@@ -146,25 +174,34 @@ def main() -> int:
         head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
     request = head.encode() + b"\r\n" + body
     start = time.time() + 0.5  # every connection starts its clock together
-    pipes = []
+    pipes, children = [], {os.getpid()}
     for _ in range(args.connections):
         read, write = os.pipe()
-        if os.fork() == 0:
+        if (child := os.fork()) == 0:
             os.close(read)
             with os.fdopen(write, "w") as out:
                 worker(args, request, start, out)
             os._exit(0)
         os.close(write)
         pipes.append(read)
+        children.add(child)
+    begin = start + args.warmup
+    time.sleep(max(0.0, begin - time.time()))
+    before = cpu_ticks(children)
+    time.sleep(max(0.0, begin + args.seconds - time.time()))
+    ticks = cpu_ticks(children)
+    window = {name: ticks[name] - before.get(name, 0) for name in ticks}
     results = []
     for read in pipes:
         with os.fdopen(read) as pipe:
             results.append(json.loads(pipe.read() or '{"latencies": [], "errors": 1}'))
+    client_seconds = 0.0
     while True:
         try:
-            os.wait()
+            _, _, usage = os.wait4(-1, 0)
         except ChildProcessError:
             break
+        client_seconds += usage.ru_utime + usage.ru_stime
     latencies = sorted(lat for result in results for lat in result["latencies"])
     statuses: dict[str, int] = {}
     for result in results:
@@ -183,6 +220,11 @@ def main() -> int:
         "p99_ms": pct(99),
         "max_ms": latencies[-1] if latencies else 0,
         "first_error": next((r["first_error"] for r in results if r.get("first_error")), ""),
+        "cpu_us_per_request": per_request_us(window, len(latencies)),
+        # The client's whole run (warm-up included) over the requests it made in all of it.
+        "client_cpu_us_per_request": round(
+            client_seconds * 1e6 / max(sum(r.get("made", 0) for r in results), 1), 1
+        ),
     }
     print(json.dumps(summary))
     return 0
