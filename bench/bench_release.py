@@ -176,7 +176,8 @@ def cpu_split(runs: list[dict]) -> tuple[float, str]:
     mean = {n: sum(r["cpu_us_per_request"].get(n, 0) for r in runs) / len(runs) for n in names}
     client = sum(r["client_cpu_us_per_request"] for r in runs) / len(runs)
     total = sum(mean.values())
-    parts = " + ".join(f"{name} {us:.0f}" for name, us in sorted(mean.items(), key=lambda i: -i[1]))
+    shown = sorted(((us, name) for name, us in mean.items() if us >= 1), reverse=True)
+    parts = " + ".join(f"{name} {us:.0f}" for us, name in shown)
     return total, f"{parts} = {total:.0f} µs (client {client:.0f} µs)"
 
 
