@@ -134,10 +134,10 @@ def worker(args, request: bytes, start: float, out) -> None:
     out.write(json.dumps({**result, "first_error": first_error}))
 
 
-def cpu_ticks(exclude: set[int]) -> dict[str, int]:
-    """CPU ticks (user + system, all threads) used so far by each command name, over every
-    process but `exclude` (this client's own)."""
-    totals: dict[str, int] = {}
+def cpu_ticks(exclude: set[int]) -> dict[tuple[int, str], int]:
+    """CPU ticks (user + system, all threads) each process but `exclude` (this client's own)
+    has used so far, by (pid, command name)."""
+    ticks: dict[tuple[int, str], int] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) in exclude:
             continue
@@ -147,9 +147,18 @@ def cpu_ticks(exclude: set[int]) -> dict[str, int]:
         except OSError:  # gone meanwhile
             continue
         name, _, rest = line[line.index("(") + 1 :].rpartition(")")
-        fields = rest.split()  # fields[0] is the state; utime and stime are 11 and 12 on
-        totals[name] = totals.get(name, 0) + int(fields[11]) + int(fields[12])
-    return totals
+        fields = rest.split()  # from the state on: utime and stime are proc(5)'s fields 14, 15
+        ticks[int(entry.name), name] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def window_ticks(before: dict, after: dict) -> dict[str, int]:
+    """Ticks used between two snapshots, by command name. A process that ended in between is
+    missed; one that started counts whole."""
+    used: dict[str, int] = {}
+    for (pid, name), ticks in after.items():
+        used[name] = used.get(name, 0) + ticks - before.get((pid, name), 0)
+    return used
 
 
 def per_request_us(ticks: dict[str, int], requests: int) -> dict[str, float]:
@@ -189,8 +198,7 @@ def main() -> int:
     time.sleep(max(0.0, begin - time.time()))
     before = cpu_ticks(children)
     time.sleep(max(0.0, begin + args.seconds - time.time()))
-    ticks = cpu_ticks(children)
-    window = {name: ticks[name] - before.get(name, 0) for name in ticks}
+    window = window_ticks(before, cpu_ticks(children))
     results = []
     for read in pipes:
         with os.fdopen(read) as pipe:
