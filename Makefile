@@ -75,7 +75,8 @@ test-service:  ## the service's tests on a throwaway PostgreSQL
 TRIXIE_ENV := PLINTH_REHEARSAL_RELEASE=trixie PLINTH_REHEARSAL_DIR=.rehearsal-trixie \
               PLINTH_REHEARSAL_NAME=plinth-trixie PLINTH_REHEARSAL_SUBNET=10.213.2.0/24
 TRIXIE_TESTS := $(addprefix tests/infra/,test_host_provisioning.py test_host_serving.py test_host_ssh.py \
-                test_host_secrets.py test_least_privilege.py test_idempotence.py test_tls.py)
+                test_host_secrets.py test_least_privilege.py test_idempotence.py test_tls.py \
+                test_lynis.py)
 # These two boot machines of their own (tool hosts on 10.213.250-251, the Vagrant machine).
 OWN_HOST_TESTS := tests/infra/test_rehearsal_tool.py tests/infra/test_vagrant.py
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.server import LinuxDistribution
-from pyinfra.operations import apt, postgres, systemd
+from pyinfra.operations import apt, files, postgres, systemd
 
 from infra.deploys import layout
 from infra.deploys.database_roles import PrivilegeDrift, privileges_converged
@@ -45,6 +45,15 @@ POSTGRES_DEFAULTS = {
 }
 
 
+# The cluster's own configuration files, as pg_createcluster writes them: world-readable (0644)
+# but for pg_hba.conf and pg_ident.conf. They name paths, ports and settings an attacker on the
+# host should not learn (Lynis DBS-1828, CIS PostgreSQL); PostgreSQL and postgresql-common read
+# them as postgres or root, and a client names host and port itself (the service does). Only
+# `pg_lsclusters` run by another user shows the cluster as unknown.
+CLUSTER_CONFIG_FILES = ("postgresql.conf", "pg_ctl.conf", "start.conf", "pg_ident.conf")
+CONFIG_FILE_MODE = "640"
+
+
 def postgres_version() -> str:
     """Debian's PostgreSQL major version for the host's release (15 on 12, 17 on 13)."""
     release = str((host.get_fact(LinuxDistribution) or {}).get("major"))
@@ -62,6 +71,7 @@ def postgresql() -> None:
         "postgres/plinth.conf.j2",
         f"{conf_dir}/conf.d/plinth.conf",
         name="PostgreSQL: listen on loopback, scram-sha-256",
+        mode=CONFIG_FILE_MODE,
         user="postgres",
         group="postgres",
         listen_addresses=data.db_listen_addresses,
@@ -72,7 +82,7 @@ def postgresql() -> None:
         "postgres/pg_hba.conf.j2",
         f"{conf_dir}/pg_hba.conf",
         name="PostgreSQL: who may log in",
-        mode="640",
+        mode=CONFIG_FILE_MODE,
         user="postgres",
         group="postgres",
         db_name=data.db_name,
@@ -80,6 +90,14 @@ def postgresql() -> None:
         db_owner=data.db_owner,
         client_networks=data.db_client_networks,
     )
+    for config_file in CLUSTER_CONFIG_FILES:
+        files.file(
+            name=f"PostgreSQL: {config_file} readable by postgres only",
+            path=f"{conf_dir}/{config_file}",
+            mode=CONFIG_FILE_MODE,
+            user="postgres",
+            group="postgres",
+        )
     systemd.service(
         name="PostgreSQL running and enabled",
         service="postgresql",

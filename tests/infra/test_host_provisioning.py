@@ -39,6 +39,15 @@ def test_postgresql_listens_only_on_loopback_and_its_socket(host):
     assert host.socket("unix:///var/run/postgresql/.s.PGSQL.5432").is_listening
 
 
+def test_postgresql_configuration_is_readable_by_postgres_only(host):
+    paths = host.check_output("find /etc/postgresql -type f -name '*.conf'").split()
+    assert any(path.endswith("/postgresql.conf") for path in paths), paths
+    for path in paths:
+        config = host.file(path)
+        assert (config.user, config.group) == ("postgres", "postgres"), path
+        assert not config.mode & 0o007, f"{path} is {config.mode:o}: others may read it"
+
+
 def test_gunicorn_listens_only_on_its_unix_socket(host):
     uid = host.user(layout.SERVICE_USER).uid
     assert not [line for line in _tcp_listeners(host) if f" uid:{uid} " in line]
