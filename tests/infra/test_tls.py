@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,9 @@ def _legacy_context(maximum: ssl.TLSVersion, ciphers: str) -> ssl.SSLContext:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     context.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
-    context.maximum_version = maximum
+    with warnings.catch_warnings():  # offering TLS 1.0/1.1 is the point: Python warns of it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.maximum_version = maximum
     context.set_ciphers(f"{ciphers}:@SECLEVEL=0")
     return context
 
