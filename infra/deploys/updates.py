@@ -1,19 +1,60 @@
-"""Security updates: Debian's unattended-upgrades, run daily by apt's own timers."""
+"""Security updates: those released since the host's image was built are installed by the
+deploy, and Debian's unattended-upgrades, run daily by apt's own timers, keeps it so."""
 
 from __future__ import annotations
 
-from pyinfra.api import deploy
+import re
+
+from pyinfra import host
+from pyinfra.api import FactBase, deploy
 from pyinfra.operations import apt, systemd
 
 from infra.deploys import layout
+from infra.deploys.base import BASE_DEFAULTS
 from infra.deploys.templating import template
 
 # apt-daily refreshes the package lists, apt-daily-upgrade installs the updates.
 APT_TIMERS = ("apt-daily.timer", "apt-daily-upgrade.timer")
+# Touched by apt after every successful `apt-get update` (Debian's apt.conf.d/15update-stamp);
+# pyinfra's apt.update reads its age too.
+UPDATE_STAMP = "/var/lib/apt/periodic/update-success-stamp"
+# `apt-get -s upgrade` prints "Inst NAME [OLD] (NEW ORIGIN [ARCH])" per package it would
+# upgrade; ORIGIN names the suite, e.g. Debian-Security:13/stable-security.
+_SIMULATED_INSTALL = re.compile(r"^Inst (\S+) .*\((\S+) (\S+)")
+
+
+class SecurityUpgrades(FactBase):
+    """Installed packages with an upgrade waiting in a security suite: what `apt-get upgrade`
+    would take from one (the check of Lynis's PKGS-7392). Facts are read before any operation
+    runs, so base's `apt.update` would come too late for this one: package lists older than
+    `cache_seconds` are refreshed here first."""
+
+    def command(self, cache_seconds: int) -> str:
+        minutes = max(1, int(cache_seconds) // 60)
+        return (
+            f'if [ -z "$(find {UPDATE_STAMP} -mmin -{minutes} 2>/dev/null)" ]; then '
+            "apt-get -qq update >/dev/null 2>&1 || true; fi; "
+            "apt-get -s -o Debug::NoLocking=1 upgrade 2>/dev/null || true"
+        )
+
+    def process(self, output: list[str]) -> list[str]:
+        names = set()
+        for line in output:
+            match = _SIMULATED_INSTALL.match(line)
+            if match and "security" in match.group(3).lower():
+                names.add(match.group(1))
+        return sorted(names)
 
 
 @deploy("Security updates")
 def updates() -> None:
+    cache_seconds = host.data.get("apt_cache_seconds", BASE_DEFAULTS["apt_cache_seconds"])
+    pending = host.get_fact(SecurityUpgrades, cache_seconds=cache_seconds)
+    if pending:
+        # apt-get upgrade rather than installing the named packages: installing would mark
+        # them (libraries among them) as manually installed. It keeps the changed
+        # configuration files this deploy writes (pyinfra passes --force-confold).
+        apt.upgrade(name=f"Security updates released since the image: {', '.join(pending)}")
     apt.packages(name="unattended-upgrades", packages=["unattended-upgrades"], no_recommends=True)
     template(
         "apt/auto-upgrades.j2", layout.APT_AUTO_UPGRADES, name="apt: daily unattended upgrades"

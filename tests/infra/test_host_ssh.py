@@ -1,7 +1,7 @@
 """Logins and updates (issue 6): root and passwords cannot log in, the deploy user can (key,
 sudo without a password), sshd runs the hardened settings, a bad sshd setting never reaches
-sshd, a re-deploy logs in as the deploy user and changes none of it, and Debian's
-unattended-upgrades installs security updates daily."""
+sshd, a re-deploy logs in as the deploy user and changes none of it, the deploy installs the
+security updates pending, and Debian's unattended-upgrades installs them daily after it."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from conftest import login_user
 
 from infra.deploys import layout
+from infra.deploys.updates import SecurityUpgrades
 
 pytestmark = pytest.mark.infra
 
@@ -122,6 +123,23 @@ def test_unattended_upgrades_installs_security_updates_daily(first_deploy, host)
     for timer in ("apt-daily.timer", "apt-daily-upgrade.timer"):
         assert host.service(timer).is_enabled, timer
         assert host.service(timer).is_running, timer
+
+
+def test_no_security_update_is_left_pending_after_a_deploy(first_deploy, host):
+    # Debian publishes security updates any day, so the host's image is behind: the deploy
+    # installs them (with fresh package lists) instead of leaving them to the daily timer.
+    simulated = host.check_output("apt-get -s -o Debug::NoLocking=1 upgrade").splitlines()
+    pending = [line for line in simulated if line.startswith("Inst ") and "ecurity" in line]
+    assert pending == []
+
+
+def test_security_upgrades_are_read_from_apt_s_simulation():
+    simulated = [
+        "Inst passwd [1:4.17.4-2] (1:4.17.4-2+deb13u1 Debian-Security:13/stable-security [amd64])",
+        "Inst tzdata [2025a-1] (2025b-0+deb13u1 Debian:13.2/stable [all])",
+        "Conf login.defs (1:4.17.4-2+deb13u1 Debian-Security:13/stable-security [all])",
+    ]
+    assert SecurityUpgrades().process(simulated) == ["passwd"]
 
 
 def test_a_setting_sshd_rejects_is_never_installed(first_deploy, rehearsal, host, deploy):
