@@ -46,10 +46,11 @@ POSTGRES_DEFAULTS = {
 
 
 # The cluster's own configuration files, as pg_createcluster writes them: world-readable (0644)
-# but for pg_hba.conf and pg_ident.conf. They name paths, ports and settings an attacker on the
-# host should not learn (Lynis DBS-1828, CIS PostgreSQL); PostgreSQL and postgresql-common read
-# them as postgres or root, and a client names host and port itself (the service does). Only
-# `pg_lsclusters` run by another user shows the cluster as unknown.
+# but for pg_hba.conf (templated below) and pg_ident.conf (listed so its mode is ours too).
+# They name paths, ports and settings an attacker on the host should not learn (Lynis
+# DBS-1828, CIS PostgreSQL); PostgreSQL and postgresql-common read them as postgres or root,
+# and a client names host and port itself (the service does). Only `pg_lsclusters` run by
+# another user shows the cluster as unknown.
 CLUSTER_CONFIG_FILES = ("postgresql.conf", "pg_ctl.conf", "start.conf", "pg_ident.conf")
 CONFIG_FILE_MODE = "640"
 

@@ -8,6 +8,7 @@ import re
 from pyinfra import host
 from pyinfra.api import FactBase, deploy
 from pyinfra.operations import apt, systemd
+from pyinfra.operations.apt import APT_UPDATE_FILENAME  # the stamp apt.update reads too
 
 from infra.deploys import layout
 from infra.deploys.base import BASE_DEFAULTS
@@ -15,9 +16,6 @@ from infra.deploys.templating import template
 
 # apt-daily refreshes the package lists, apt-daily-upgrade installs the updates.
 APT_TIMERS = ("apt-daily.timer", "apt-daily-upgrade.timer")
-# Touched by apt after every successful `apt-get update` (Debian's apt.conf.d/15update-stamp);
-# pyinfra's apt.update reads its age too.
-UPDATE_STAMP = "/var/lib/apt/periodic/update-success-stamp"
 # `apt-get -s upgrade` prints "Inst NAME [OLD] (NEW ORIGIN [ARCH])" per package it would
 # upgrade; ORIGIN names the suite, e.g. Debian-Security:13/stable-security.
 _SIMULATED_INSTALL = re.compile(r"^Inst (\S+) .*\((\S+) (\S+)")
@@ -32,7 +30,7 @@ class SecurityUpgrades(FactBase):
     def command(self, cache_seconds: int) -> str:
         minutes = max(1, int(cache_seconds) // 60)
         return (
-            f'if [ -z "$(find {UPDATE_STAMP} -mmin -{minutes} 2>/dev/null)" ]; then '
+            f'if [ -z "$(find {APT_UPDATE_FILENAME} -mmin -{minutes} 2>/dev/null)" ]; then '
             "apt-get -qq update >/dev/null 2>&1 || true; fi; "
             "apt-get -s -o Debug::NoLocking=1 upgrade 2>/dev/null || true"
         )
