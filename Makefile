@@ -4,8 +4,8 @@ RUN     := $(UV) run --frozen
 PYINFRA := $(RUN) pyinfra -y
 RELEASE ?= bookworm
 
-.PHONY: help rehearse rehearse-down deploy-rehearsal release-rehearsal restore ssh logs \
-        deploy-production release-production \
+.PHONY: help rehearse rehearse-down deploy-rehearsal release-rehearsal rollback restore ssh logs \
+        deploy-production release-production rollback-production \
         deploy-production-dry dev lint format test test-service test-infra test-infra-bookworm \
         test-infra-trixie test-rehearsal-tool bench
 
@@ -46,6 +46,9 @@ deploy-production:  ## deploy to PLINTH_HOST (see README: production)
 
 release-production:  ## app-only release to PLINTH_HOST, once deploy-production has set it up
 	$(PYINFRA) infra/inventories/production.py infra/deploys/release.py
+
+rollback-production:  ## production back to the previous release (or PLINTH_ROLLBACK_TO=<release id>), health-checked
+	$(PYINFRA) infra/inventories/production.py infra/deploys/rollback.py
 
 deploy-production-dry:  ## show what a production deploy would change, change nothing
 	$(RUN) pyinfra --dry infra/inventories/production.py infra/deploys/site.py

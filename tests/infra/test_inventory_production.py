@@ -36,3 +36,32 @@ def test_production_inventory_names_the_missing_variables():
         "production inventory needs PLINTH_HOST, PLINTH_ACME_EMAIL in the environment"
     )
     assert "Traceback" not in result.stderr
+
+
+def _make_command(target: str) -> str:
+    """The one command `make TARGET` would run (make -n prints it, runs nothing)."""
+    dry = subprocess.run(
+        ["make", "--no-print-directory", "-n", target],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (command,) = dry.stdout.splitlines()
+    return command
+
+
+def test_production_has_the_rehearsal_s_deploy_release_and_rollback():
+    """What an operator rehearses is what production gets: the same deploy file, through the
+    production inventory (a missing `rollback-production` left a production rollback to a
+    hand-typed pyinfra command line)."""
+    for rehearsal, production in (
+        ("deploy-rehearsal", "deploy-production"),
+        ("release-rehearsal", "release-production"),
+        ("rollback", "rollback-production"),
+    ):
+        rehearsed, shipped = _make_command(rehearsal), _make_command(production)
+        assert "infra/inventories/rehearsal.py" in rehearsed
+        assert shipped == rehearsed.replace(
+            "infra/inventories/rehearsal.py", "infra/inventories/production.py"
+        )
