@@ -27,8 +27,12 @@ def ssh_argv(data: Mapping, user: str, *command: str) -> list[str]:
         "ssh",
         *("-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT_SECONDS}"),
         *("-o", f"StrictHostKeyChecking={strict}"),
-        *("-p", str(data.get("ssh_port") or 22), "-l", user),
+        *("-l", user),
     ]
+    if data.get("ssh_port"):
+        # Only when the data names one: `-p` would override a `Port` of ~/.ssh/config, which
+        # pyinfra honours, and the check would then knock on another port than the deploy.
+        argv += ["-p", str(data["ssh_port"])]
     if data.get("ssh_config_file"):
         argv[1:1] = ["-F", str(data["ssh_config_file"])]
     if data.get("ssh_known_hosts_file"):
