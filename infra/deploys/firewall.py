@@ -1,11 +1,11 @@
 """Firewall: nftables with inbound default-deny, only the listed TCP ports open. The rules are
-checked with `nft -c` before they are loaded; the SSH port is always kept open, so a deploy
-never cuts its own connection (and established connections are accepted first)."""
+checked with `nft -c` before they are loaded; the ports sshd listens on are always kept open,
+so a deploy never cuts its own connection (and established connections are accepted first)."""
 
 from __future__ import annotations
 
 from pyinfra import host
-from pyinfra.api import DeployError, deploy
+from pyinfra.api import DeployError, FactBase, deploy
 from pyinfra.operations import apt, server, systemd
 
 from infra.deploys import layout
@@ -15,31 +15,51 @@ NFTABLES_CONF = "/etc/nftables.conf"
 NFT_TABLE = f"{layout.APP_NAME}_firewall"
 
 FIREWALL_DEFAULTS = {
-    # TCP ports open to everyone: SSH, HTTP (ACME HTTP-01 and the redirect), HTTPS.
-    "firewall_tcp_ports": [22, layout.HTTP_PORT, layout.HTTPS_PORT],
-    # The SSH port the deploy connects on; refused unless it is in firewall_tcp_ports.
-    "ssh_port": 22,
+    # TCP ports open to everyone besides SSH: HTTP (ACME HTTP-01 and the redirect), HTTPS.
+    # sshd's own ports (SshdPorts) are always open as well.
+    "firewall_tcp_ports": [layout.HTTP_PORT, layout.HTTPS_PORT],
 }
 
 
-def open_ports(data) -> list[int]:
+class SshdPorts(FactBase):
+    """The TCP ports sshd listens on, from its effective configuration (`sshd -T`, as root).
+    Read from the host rather than taken from the port the deploy connects to: behind a NAT
+    (Vagrant's forwarded 2222) that is not sshd's, and ~/.ssh/config may name one the
+    inventory never sees."""
+
+    def command(self) -> str:
+        # `|| true`: a failing sshd -T yields no port, so open_ports' one line, not a fact error.
+        return "sshd -T 2>&1 || true"
+
+    def process(self, output: list[str]) -> list[int]:
+        ports = set()
+        for line in output:
+            keyword, _, value = line.partition(" ")
+            if keyword == "port" and value.strip().isdigit():
+                ports.add(int(value))
+        return sorted(ports)
+
+
+def open_ports(listed, sshd_ports: list[int]) -> list[int]:
+    """`listed` (firewall_tcp_ports) and sshd's ports, checked; refused with one line."""
     try:
-        ports = sorted({int(port) for port in data.firewall_tcp_ports})
+        if not isinstance(listed, list | tuple) or any(isinstance(p, bool) for p in listed):
+            raise TypeError
+        ports = {int(port) for port in listed}
     except (TypeError, ValueError):
-        raise DeployError(f"firewall_tcp_ports {data.firewall_tcp_ports!r}: not ports") from None
-    if not ports or any(not 0 < port < 65536 for port in ports):
-        raise DeployError(f"firewall_tcp_ports {ports!r}: each must be 1..65535")
-    if int(data.ssh_port) not in ports:
+        raise DeployError(f"firewall_tcp_ports {listed!r}: not a list of ports") from None
+    if any(not 0 < port < 65536 for port in ports):
+        raise DeployError(f"firewall_tcp_ports {sorted(ports)!r}: each must be 1..65535")
+    if not sshd_ports:
         raise DeployError(
-            f"firewall_tcp_ports {ports!r} lacks ssh_port {data.ssh_port}: the deploy would "
-            "lock itself out"
+            "sshd -T names no port (is its configuration valid?): the firewall would lock SSH out"
         )
-    return ports
+    return sorted(ports | set(sshd_ports))
 
 
 @deploy("Firewall", data_defaults=FIREWALL_DEFAULTS)
 def firewall() -> None:
-    ports = open_ports(host.data)
+    ports = open_ports(host.data.firewall_tcp_ports, host.get_fact(SshdPorts))
     apt.packages(name="nftables", packages=["nftables"], no_recommends=True)
     rules = template(
         "nftables/nftables.conf.j2",

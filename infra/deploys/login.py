@@ -31,7 +31,7 @@ def ssh_argv(data: Mapping, user: str, *command: str) -> list[str]:
     ]
     if data.get("ssh_port"):
         # Only when the data names one: `-p` would override a `Port` of ~/.ssh/config, which
-        # pyinfra honours, and the check would then knock on another port than the deploy.
+        # pyinfra honours (over ssh_port, even), and the check would knock on another port.
         argv += ["-p", str(data["ssh_port"])]
     if data.get("ssh_config_file"):
         argv[1:1] = ["-F", str(data["ssh_config_file"])]

@@ -7,7 +7,10 @@ import socket
 import time
 
 import pytest
+from conftest import run_deploy
+from pyinfra.api import DeployError
 
+from infra.deploys.firewall import SshdPorts, open_ports
 from tests.infra.https_client import request
 
 pytestmark = pytest.mark.infra
@@ -71,6 +74,64 @@ def test_firewall_default_deny_inbound(host):
 @pytest.mark.parametrize("port", [22, 80, 443])
 def test_firewall_leaves_service_ports_open(host, rehearsal, port):
     assert _tcp_open(rehearsal["address"], port)
+
+
+def _wait_listening(host, port: int, listening: bool = True) -> None:
+    deadline = time.monotonic() + 10
+    while (f":{port}" in host.check_output(f"ss -Hltn 'sport = :{port}'")) != listening:
+        assert time.monotonic() < deadline, (
+            f"sshd never {'opened' if listening else 'closed'} {port}"
+        )
+        time.sleep(0.2)
+
+
+def test_firewall_keeps_every_port_sshd_listens_on_open(host, rehearsal):
+    """The SSH ports are read from sshd on the host, not assumed to be the one the deploy
+    connects on (behind a NAT, as Vagrant's, that is another): one sshd adds is opened by the
+    next deploy and closed by the one after sshd drops it."""
+    dropin, port = "/etc/ssh/sshd_config.d/90-plinth-test-port.conf", 2222
+    assert host.run(f"printf 'Port 22\\nPort {port}\\n' > {dropin} && systemctl reload ssh").rc == 0
+    try:
+        _wait_listening(host, port)
+        assert not _tcp_open(rehearsal["address"], port)  # dropped until a deploy reads sshd
+        deployed = run_deploy()
+        assert deployed.returncode == 0, deployed.stderr[-2000:]
+        assert _tcp_open(rehearsal["address"], port)
+    finally:
+        host.run(f"rm -f {dropin} && systemctl reload ssh")
+        restored = run_deploy()
+    assert restored.returncode == 0, restored.stderr[-2000:]
+    _wait_listening(host, port, listening=False)
+    assert str(port) not in host.check_output("nft list ruleset")
+    assert _tcp_open(rehearsal["address"], 22)
+
+
+def test_sshd_s_ports_are_read_from_its_effective_configuration():
+    output = [
+        "port 22",
+        "port 2222",
+        "addressfamily any",
+        "listenaddress [::]:22",
+        "permitrootlogin no",
+    ]
+    assert SshdPorts().process(output) == [22, 2222]
+    # sshd -T failing (a broken configuration) gives no port, so the deploy stops, not the SSH.
+    assert SshdPorts().process(["/etc/ssh/sshd_config line 3: Bad configuration option"]) == []
+    with pytest.raises(DeployError, match="names no port"):
+        open_ports([80, 443], [])
+
+
+@pytest.mark.parametrize("listed", ["443", [80, "https"], [80, 0], [True], None])
+def test_a_bad_port_list_is_refused_in_one_line(listed):
+    with pytest.raises(
+        DeployError, match=r"^firewall_tcp_ports .*(not a list of ports|1\.\.65535)"
+    ):
+        open_ports(listed, [22])
+
+
+def test_the_open_ports_are_the_listed_ones_and_sshd_s():
+    assert open_ports([443, 80], [2200]) == [80, 443, 2200]
+    assert open_ports((22, "80"), [22]) == [22, 80]
 
 
 def test_firewall_closes_postgresql_and_any_other_listener(host, rehearsal):

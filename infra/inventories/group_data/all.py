@@ -9,10 +9,8 @@ set here only what differs from those defaults everywhere."""
 _temp_dir = "/tmp"  # noqa: S108 (see above)
 
 # --- hardening and operations (issue 6; docs/operations.md) -------------------------------------
-# Firewall (infra/deploys/firewall.py): inbound TCP ports open to everyone; all else dropped.
-firewall_tcp_ports = [22, 80, 443]
-# The SSH port; the firewall deploy refuses a port list without it.
-ssh_port = 22
+# Firewall (infra/deploys/firewall.py): firewall_tcp_ports (80 and 443) and sshd's own ports
+# are open to everyone; all else inbound is dropped.
 # Backups (infra/deploys/backups.py): nightly pg_dump -Fc, kept this many days.
 backup_dir = "/var/backups/plinth"
 backup_retention_days = 14
