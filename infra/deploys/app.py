@@ -133,7 +133,7 @@ def app() -> None:
         pth=LAYER_PTH,
     )
 
-    env_changed = _env_file(data)
+    env_changed = _env_file(data, release_dir)
     units_changed = _units(data)
 
     current = host.get_fact(Link, path=layout.CURRENT_LINK)
@@ -225,8 +225,11 @@ def _prune(data, release_dir, artifact, current, deps_key) -> None:
     )
 
 
-def _env_file(data):
-    """The env file: rendered without the secret, then completed on the host."""
+def _env_file(data, release_dir: str):
+    """The env file: rendered without the secret, then completed on the host, where the
+    release about to serve checks it first (`plinth check-config`, as the service user): a
+    setting the service refuses fails the deploy with the service's own line, and the file
+    in place (so the running workers, and the ones a reload starts) stays as it was."""
     env = {
         "ENVIRONMENT": data.app_environment,
         "DATABASE_URL": database_url(data, data.db_user, layout.DB_PASSWORD_PLACEHOLDER),
@@ -264,6 +267,10 @@ def _env_file(data):
         dest=layout.ENV_FILE,
         placeholder=layout.DB_PASSWORD_PLACEHOLDER,
         group=layout.SERVICE_GROUP,
+        check=(
+            f'runuser -u {layout.SERVICE_USER} -- env PLINTH_ENV_FILE="$CANDIDATE" '
+            f"{release_dir}/venv/bin/{layout.APP_NAME} check-config >/dev/null"
+        ),
         **render,
     )
 

@@ -87,21 +87,28 @@ def role_password(role: str, password_file: str):
 
 
 @operation(is_idempotent=False)
-def render_with_secret(source: str, secret_file: str, dest: str, placeholder: str, group: str):
+def render_with_secret(
+    source: str, secret_file: str, dest: str, placeholder: str, group: str, check: str = ""
+):
     """`dest` = `source` with `placeholder` replaced by the secret, 0640 root:`group`, written
-    atomically by python3 on the host (the secret never leaves the host)."""
+    atomically by python3 on the host (the secret never leaves the host). `check`, a shell
+    command, is run first on the candidate file (its path in $CANDIDATE): when it fails, the
+    candidate is removed, `dest` stays as it was and the operation fails with its output."""
     script = (
-        "import grp, os, sys\n"
-        "src, secret, dest, mark, group = sys.argv[1:]\n"
+        "import grp, os, subprocess, sys\n"
+        "src, secret, dest, mark, group, check = sys.argv[1:]\n"
         "text = open(src).read().replace(mark, open(secret).read().strip())\n"
         "tmp = dest + '.tmp'\n"
         "fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)\n"
         "os.write(fd, text.encode()); os.fsync(fd); os.close(fd)\n"
         "os.chown(tmp, 0, grp.getgrnam(group).gr_gid); os.chmod(tmp, 0o640)\n"
+        "env = {**os.environ, 'CANDIDATE': tmp}\n"
+        "if check and subprocess.run(check, shell=True, env=env).returncode:\n"
+        "    os.unlink(tmp); sys.exit(f'{dest} left as it was: the new one fails its check')\n"
         "os.replace(tmp, dest)\n"
     )
-    args = " ".join(shlex.quote(a) for a in (source, secret_file, dest, placeholder, group))
-    yield f"python3 -c {shlex.quote(script)} {args}"
+    args = (source, secret_file, dest, placeholder, group, check)
+    yield f"python3 -c {shlex.quote(script)} {' '.join(shlex.quote(a) for a in args)}"
 
 
 def config_directory():

@@ -5,7 +5,7 @@ includes too; port 80 also includes any `plinth-http-*.conf` snippet (ACME webro
 from __future__ import annotations
 
 from pyinfra import host
-from pyinfra.api import deploy
+from pyinfra.api import DeployError, deploy
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
@@ -20,7 +20,14 @@ _SERVICE_KEEPALIVE_DEFAULT = Settings.model_fields["keepalive_seconds"].default
 
 
 def upstream_keepalive_timeout(extra_env: dict | None) -> int:
-    service_keepalive = int((extra_env or {}).get("KEEPALIVE_SECONDS", _SERVICE_KEEPALIVE_DEFAULT))
+    # Keys in any case: the app deploy upper-cases them into PLINTH_* names.
+    service_env = {str(key).upper(): value for key, value in (extra_env or {}).items()}
+    try:
+        service_keepalive = int(service_env.get("KEEPALIVE_SECONDS", _SERVICE_KEEPALIVE_DEFAULT))
+    except (TypeError, ValueError):
+        raise DeployError(
+            f"app_extra_env KEEPALIVE_SECONDS {service_env['KEEPALIVE_SECONDS']!r}: not seconds"
+        ) from None
     return max(1, service_keepalive - 1)
 
 

@@ -161,6 +161,10 @@ def tls_settings(data) -> dict:
             _fail(f"TLS domain {name} is an IP address; certificates here name DNS names")
         if not _DNS_NAME.match(name):
             _fail(f"TLS domain {name!r} is not a valid DNS name")
+    domain = str(data.get("domain") or "").lower().rstrip(".")
+    if domain and domain not in settings["domains"]:
+        # Releases health-check https://<domain>/ and would fail every cutover on this cert.
+        _fail(f"tls_domains {settings['domains']!r} must include domain {domain!r}")
     if mode == "self-signed":
         return settings
     email = data.get("tls_acme_email")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from pyinfra import host
@@ -11,6 +12,7 @@ from pyinfra.facts.server import LinuxDistribution
 from infra.deploys import layout
 from infra.deploys.app import APP_DEFAULTS
 from infra.deploys.base import BASE_DEFAULTS
+from infra.deploys.logcaps import LOGCAPS_DEFAULTS
 from infra.deploys.nginx import NGINX_DEFAULTS
 from infra.deploys.postgres import POSTGRES_DEFAULTS
 
@@ -26,6 +28,50 @@ _PLACEHOLDER = re.compile(
     r"|^domain\.tld$|^localhost$",
     re.IGNORECASE,
 )
+
+
+# Numbers: key -> (lowest, highest or None). Each deploy's data_defaults says what they mean.
+_NUMBERS = {
+    "db_port": (1, 65535),
+    "db_max_connections": (10, None),
+    "app_max_batch_size": (1, None),
+    "app_timeout_seconds": (1, None),
+    "app_graceful_timeout_seconds": (1, None),
+    "app_keep_releases": (1, None),
+    "nginx_proxy_connect_timeout": (1, None),
+    "nginx_proxy_send_timeout": (1, None),
+    "nginx_proxy_read_timeout": (1, None),
+    "nginx_upstream_keepalive": (1, None),
+    "nginx_client_header_timeout": (1, None),
+    "nginx_client_body_timeout": (1, None),
+    "nginx_send_timeout": (1, None),
+    "nginx_keepalive_timeout": (1, None),
+    "nginx_predict_burst": (0, None),
+    "nginx_log_rotate": (1, None),
+}
+# Words: key -> (pattern, what it must be). They land in configuration files as they are, so a
+# value that does not match would break the file (or a line of it) on the host.
+_WORDS = {
+    "db_name": (re.compile(r"^[a-z_][a-z0-9_]{0,62}$"), "a plain PostgreSQL name"),
+    "nginx_client_max_body_size": (re.compile(r"^[0-9]+[kKmMgG]?$"), "an nginx size, e.g. 1m"),
+    "nginx_log_max_size": (re.compile(r"^[0-9]+[kKMG]?$"), "a logrotate size, e.g. 100M"),
+    "nginx_predict_rate": (re.compile(r"^[0-9]+r/[sm]$"), "an nginx rate, e.g. 20r/s"),
+    "timezone": (
+        re.compile(r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$"),
+        "a zone, e.g. Etc/UTC",
+    ),
+    "journald_system_max_use": (re.compile(r"^[0-9]+[KMGTPE]?$"), "a journald size, e.g. 500M"),
+    "journald_max_file_sec": (
+        re.compile(r"^[0-9]+ ?(us|ms|s|sec|m|min|h|hr|d|day|w|week|M|month|y|year)?$"),
+        "a journald time span, e.g. 1month",
+    ),
+}
+# Address lists: key -> whether each entry must carry its prefix length (pg_hba.conf's does).
+_NETWORK_LISTS = {
+    "db_client_networks": True,
+    "nginx_metrics_allow": False,
+    "app_ip_address_allow": False,
+}
 
 
 class InventoryDataError(DeployError):
@@ -73,6 +119,53 @@ def check_db_roles(service_role, owner_role) -> None:
         _fail(f"db_user and db_owner are both {owner_role!r}: the service must not own its tables")
 
 
+def check_number(key: str, value) -> None:
+    lowest, highest = _NUMBERS[key]
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < lowest
+        or (highest is not None and value > highest)
+    ):
+        bounds = f"{lowest}..{highest}" if highest is not None else f"at least {lowest}"
+        _fail(f"{key} {value!r} must be a whole number, {bounds}")
+
+
+def check_word(key: str, value) -> None:
+    pattern, what = _WORDS[key]
+    if not isinstance(value, str) or not pattern.match(value):
+        _fail(f"{key} {value!r} is not {what}")
+
+
+def check_networks(key: str, value) -> None:
+    with_prefix = _NETWORK_LISTS[key]
+    if not isinstance(value, list | tuple):  # a string would be read one character at a time
+        _fail(f'{key} {value!r} must be a list of addresses, e.g. ["10.0.0.0/8"]')
+    for entry in value:
+        try:
+            ipaddress.ip_network(str(entry), strict=False)
+        except ValueError:
+            _fail(f"{key} entry {entry!r} is not an IP address or network")
+        if with_prefix and "/" not in str(entry):
+            _fail(f"{key} entry {entry!r} needs its prefix length, e.g. {entry}/32")
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_extra_env(extra) -> None:
+    """app_extra_env: NAME -> value, one line each in the env file."""
+    if not isinstance(extra, dict):
+        _fail(f'app_extra_env {extra!r} must be a mapping, e.g. {{"DB_POOL_SIZE": 10}}')
+    for name, value in extra.items():
+        if not isinstance(name, str) or not _ENV_NAME.match(name):
+            _fail(f"app_extra_env name {name!r} is not a setting name (PLINTH_ is added)")
+        if not isinstance(value, str | int | float | bool) or "\n" in str(value):
+            _fail(f"app_extra_env {name} {value!r} must be one line of text or a number")
+
+
 def check_distribution() -> None:
     distro = host.get_fact(LinuxDistribution) or {}
     name, major = distro.get("name"), str(distro.get("major"))
@@ -85,7 +178,13 @@ def check_distribution() -> None:
 
 @deploy(
     "Validate inventory data",
-    data_defaults={**BASE_DEFAULTS, **POSTGRES_DEFAULTS, **APP_DEFAULTS, **NGINX_DEFAULTS},
+    data_defaults={
+        **BASE_DEFAULTS,
+        **POSTGRES_DEFAULTS,
+        **APP_DEFAULTS,
+        **NGINX_DEFAULTS,
+        **LOGCAPS_DEFAULTS,
+    },
 )
 def validate() -> None:
     """Every rule, read from the merged data; only reads facts, changes nothing."""
@@ -94,4 +193,11 @@ def validate() -> None:
     check_email(data.get("tls_acme_email"))
     check_workers(data.app_workers)
     check_db_roles(data.db_user, data.db_owner)
+    for key in _NUMBERS:
+        check_number(key, data.get(key))
+    for key in _WORDS:
+        check_word(key, data.get(key))
+    for key in _NETWORK_LISTS:
+        check_networks(key, data.get(key))
+    check_extra_env(data.app_extra_env)
     check_distribution()

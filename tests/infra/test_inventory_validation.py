@@ -6,10 +6,12 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
 from infra.deploys import layout
+from tests.infra.https_client import request
 
 pytestmark = pytest.mark.infra
 
@@ -39,6 +41,25 @@ def _assert_refused(run, message: str) -> None:
         pytest.param("app_workers=500", "out of range", id="too-many-workers"),
         pytest.param("db_owner=plinth", "must not own its tables", id="service-owns-db"),
         pytest.param("db_owner=Plinth-Owner", "not a plain PostgreSQL role", id="bad-role"),
+        # Values that land in configuration files as they are: each would break one.
+        pytest.param("db_port=70000", "db_port 70000 must be a whole number, 1..65535", id="port"),
+        pytest.param("db_port=abc", "db_port 'abc' must be a whole number", id="port-not-number"),
+        pytest.param("nginx_send_timeout=0", "must be a whole number, at least 1", id="timeout"),
+        pytest.param("db_name=plinth;drop", "is not a plain PostgreSQL name", id="db-name"),
+        pytest.param("nginx_predict_rate=fast", "is not an nginx rate", id="rate"),
+        pytest.param("nginx_client_max_body_size=1 GB", "is not an nginx size", id="size"),
+        pytest.param("timezone=../../etc/passwd", "is not a zone", id="timezone"),
+        pytest.param(
+            "db_client_networks=10.0.0.0/8", "must be a list of addresses", id="list-as-string"
+        ),
+        pytest.param(
+            'db_client_networks=["10.0.0.5"]', "needs its prefix length", id="hba-without-prefix"
+        ),
+        pytest.param(
+            'nginx_metrics_allow=["10.0.0.300"]', "is not an IP address or network", id="address"
+        ),
+        pytest.param('app_extra_env=["DB_POOL_SIZE"]', "must be a mapping", id="env-not-mapping"),
+        pytest.param('app_extra_env={"DB POOL": 1}', "is not a setting name", id="env-name"),
     ],
 )
 def test_bad_data_is_refused_before_any_change(first_deploy, host, deploy, data, message):
@@ -66,3 +87,37 @@ def test_unknown_distribution_is_refused(tmp_path, deploy):
         text=True,
     )
     _assert_refused(result, "is not supported (only Debian 12 (bookworm), Debian 13 (trixie))")
+
+
+@pytest.mark.parametrize(
+    ("data", "line"),
+    [
+        pytest.param("app_log_level=verbose", "PLINTH_LOG_LEVEL", id="log-level"),
+        pytest.param("app_models=iris,nosuch", "PLINTH_MODELS", id="unknown-model"),
+    ],
+)
+def test_a_setting_the_service_refuses_leaves_the_running_settings(
+    first_deploy, host, deploy, rehearsal, data, line
+):
+    """Settings only the service can judge (a log level, a model it must load) are checked on
+    the host by the release about to serve (`plinth check-config`) before the env file is
+    replaced: the deploy fails with the service's own line, and the file the workers read (a
+    reload starts new ones) stays as it was, so the service keeps serving."""
+    before = host.check_output(f"sha256sum {layout.ENV_FILE}")
+    try:
+        run = deploy("--data", data)
+        assert run.returncode != 0
+        assert line in run.stderr and "left as it was" in run.stderr, run.stderr[-3000:]
+        assert "Traceback" not in run.stderr
+        assert host.check_output(f"sha256sum {layout.ENV_FILE}") == before
+        assert not host.file(f"{layout.ENV_FILE}.tmp").exists
+        assert host.run(f"systemctl reload {layout.SERVICE_UNIT}").rc == 0  # fresh workers
+        time.sleep(1)  # the old workers leave; the new ones read the env file
+        deadline = time.monotonic() + 15
+        while (status := request(rehearsal, "GET", "/readyz")[0]) != 200:
+            assert time.monotonic() < deadline, f"/readyz {status} after the reload"
+            time.sleep(0.5)
+    finally:
+        restored = deploy()
+    assert restored.returncode == 0, restored.stderr[-2000:]
+    assert host.check_output(f"sha256sum {layout.ENV_FILE}") == before

@@ -345,6 +345,11 @@ def test_forced_renewal_new_serial_same_nginx_master_no_failed_request(target, h
             "tls_domains=10.213.0.2", "TLS domain 10.213.0.2 is an IP address", id="ip-in-tls"
         ),
         pytest.param("domain=10.213.0.2", "'10.213.0.2' is not a valid DNS name", id="ip-domain"),
+        pytest.param(
+            "tls_domains=www.plinth.rehearsal.test",
+            "must include domain 'plinth.rehearsal.test'",
+            id="domain-not-in-certificate",
+        ),
         pytest.param("tls_mode=bogus", "tls_mode 'bogus' is not one of", id="unknown-mode"),
         pytest.param(
             "tls_acme_directory=http://ca.invalid/dir", "is not an https:// URL", id="http-ca"
