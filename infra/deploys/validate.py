@@ -189,6 +189,12 @@ def check_distribution() -> None:
 def validate() -> None:
     """Every rule, read from the merged data; only reads facts, changes nothing."""
     data = host.data
+    # Imported here: data_keys reads every deploy's defaults, tls.py's among them, and tls.py
+    # imports this module for InventoryDataError.
+    from infra.deploys.data_keys import unknown_keys
+
+    if unknown := unknown_keys(data.dict()):
+        _fail(f"unknown data key {', '.join(unknown)}; every key is in a deploy's data_defaults")
     check_domain(data.domain)
     check_email(data.get("tls_acme_email"))
     check_workers(data.app_workers)

@@ -41,6 +41,9 @@ def _assert_refused(run, message: str) -> None:
         pytest.param("app_workers=500", "out of range", id="too-many-workers"),
         pytest.param("db_owner=plinth", "must not own its tables", id="service-owns-db"),
         pytest.param("db_owner=Plinth-Owner", "not a plain PostgreSQL role", id="bad-role"),
+        pytest.param(
+            "app_worker=4", "unknown data key app_worker (did you mean app_workers?)", id="typo"
+        ),
         # Values that land in configuration files as they are: each would break one.
         pytest.param("db_port=70000", "db_port 70000 must be a whole number, 1..65535", id="port"),
         pytest.param("db_port=abc", "db_port 'abc' must be a whole number", id="port-not-number"),
