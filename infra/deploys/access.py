@@ -17,6 +17,7 @@ import shlex
 from pyinfra import host, logger
 from pyinfra.api import DeployError, FactBase, deploy, operation
 from pyinfra.facts.files import File, Sha1File
+from pyinfra.facts.server import Users
 from pyinfra.operations import apt, python, server, systemd
 
 from infra.deploys import layout
@@ -38,7 +39,6 @@ ACCESS_DEFAULTS = {
     # sshd: seconds between checks that a silent client is still there (2 misses: dropped).
     "ssh_client_alive_interval": 300,
 }
-ROOT_AUTHORIZED_KEYS = "/root/.ssh/authorized_keys"
 # sshd's numbers above; sshd itself judges their range (`sshd -t`).
 SSHD_NUMBERS = ("ssh_max_auth_tries", "ssh_max_sessions", "ssh_client_alive_interval")
 # What login.py needs to log in the way this run did.
@@ -78,7 +78,10 @@ def access() -> None:
             authorized_key_directory=f"{home}/.ssh",
         )
     else:
-        keys_from_root(user=user, home=home, name=f"{user}'s authorized keys (root's, once)")
+        login = str(data.get("ssh_user") or "root")
+        keys_from_login(
+            user=user, home=home, login=login, name=f"{user}'s authorized keys ({login}'s, once)"
+        )
     validated_file(
         name=f"sudo: {user} without a password (visudo-checked)",
         path=layout.SUDOERS_DROPIN,
@@ -137,22 +140,27 @@ def _prove_login(state, host, login_data: dict, user: str) -> bool:
 
 
 @operation()
-def keys_from_root(user: str, home: str):
-    """The deploy user gets root's authorized_keys once (it has none yet): whoever deployed
-    as root can log in as the deploy user. Left alone afterwards."""
+def keys_from_login(user: str, home: str, login: str):
+    """The deploy user gets the keys of the login this run uses (root on a fresh VPS, or
+    PLINTH_SSH_USER's) once, while it has none: whoever deployed can log in as the deploy
+    user. The login's own keys, not root's: on a cloud image (cloud-init's disable_root) root's
+    carry a `command="echo Please login as admin..."` that would refuse every login. Left alone
+    afterwards."""
     target = f"{home}/.ssh/authorized_keys"
     if host.get_fact(File, path=target):
         host.noop(f"{target} exists")
         return
-    if not host.get_fact(File, path=ROOT_AUTHORIZED_KEYS):
+    login_home = (host.get_fact(Users).get(login) or {}).get("home")
+    source = f"{login_home}/.ssh/authorized_keys"
+    if not login_home or not host.get_fact(File, path=source):
         raise DeployError(
-            f"{user} has no authorized_keys and root has none to give: set "
+            f"{user} has no authorized_keys and the login {login} has none to give: set "
             "deploy_authorized_keys (your public keys) in group data"
         )
     u, h, t = shlex.quote(user), shlex.quote(home), shlex.quote(target)
     yield (
         f"install -d -m 700 -o {u} -g {u} {h}/.ssh && "
-        f"install -m 600 -o {u} -g {u} {ROOT_AUTHORIZED_KEYS} {t}"
+        f"install -m 600 -o {u} -g {u} {shlex.quote(source)} {t}"
     )
 
 

@@ -1,3 +1,10 @@
 """Hosts that run PostgreSQL (see infra/deploys/postgres.py). When the database lives on
-another host than the service, set db_host (the app side) and db_listen_addresses /
-db_client_networks (the db side) in host data."""
+another host than the service, set in host data:
+- on the app host: db_host (the db host's address) and app_ip_address_allow (that address:
+  the service's unit may reach nothing but localhost otherwise);
+- on the db host: db_listen_addresses (an address the app host reaches), db_client_networks
+  (the app host's address, with its prefix length) and firewall_tcp_ports with 5432 added to
+  80 and 443 (open to everyone: pg_hba.conf then admits only db_client_networks, with
+  scram-sha-256);
+- the service's password, generated on the app host, copied to the db host's
+  /etc/plinth/database-password before the db host's deploy."""
