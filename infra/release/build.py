@@ -37,10 +37,12 @@ LAYER_PTH = "plinth-deps.pth"
 ARTIFACT_FORMAT = "2"
 # Label a build with this revision instead of git's (a new version from the same tree: tests).
 REVISION_ENV = "PLINTH_RELEASE_REVISION"
-# Test only: "readyz" builds a release whose /readyz always answers 503 (a broken release).
+# Test only: a release with a fault, built from a patched copy of the tree. "readyz": its
+# /readyz always answers 503 (a broken release). "expand": one more migration, which adds a
+# nullable column, as a newer release's expand step would (rollbacks across it are tested).
 FAULT_ENV = "PLINTH_RELEASE_FAULT"
-FAULTS = {
-    "readyz": """
+EXPAND_REVISION = "9001_rehearsal_expand"
+_READYZ_FAULT = """
 
 _serving = app
 
@@ -52,7 +54,29 @@ async def app(scope, receive, send):  # PLINTH_RELEASE_FAULT=readyz: deliberatel
         await send({"type": "http.response.body", "body": b"broken on purpose"})
         return
     await _serving(scope, receive, send)
-""",
+"""
+_EXPAND_FAULT = '''"""PLINTH_RELEASE_FAULT=expand (test only): a newer release's expand step."""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "@REVISION@"
+down_revision = "@HEAD@"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("predictions", sa.Column("rehearsal_expand", sa.Text(), nullable=True))
+
+
+def downgrade() -> None:
+    op.drop_column("predictions", "rehearsal_expand")
+'''
+# name -> {path in the tree: text appended to it (a new file is made)}
+FAULTS = {
+    "readyz": {"service/asgi.py": _READYZ_FAULT},
+    "expand": {f"service/migrations/versions/{EXPAND_REVISION}.py": _EXPAND_FAULT},
 }
 
 
@@ -168,12 +192,11 @@ def build_release(target: Target) -> Release:
     deps_key, deps_artifact = _dependency_layer(target, requirements)
     if not artifact.exists():
         labels = {"version": version, "git_revision": git_revision, "release_id": release_id}
-        _build(labels, target, deps_key, artifact, FAULTS.get(fault, ""))
+        _build(labels, target, deps_key, artifact, FAULTS.get(fault, {}))
         _prune_cache(keep=10)
     sha = hashlib.sha256(artifact.read_bytes()).hexdigest()
-    return Release(
-        release_id, version, git_revision, artifact, sha, deps_key, deps_artifact, head_revision()
-    )
+    head = EXPAND_REVISION if fault == "expand" else head_revision()
+    return Release(release_id, version, git_revision, artifact, sha, deps_key, deps_artifact, head)
 
 
 def _prune_cache(keep: int) -> None:
@@ -254,7 +277,9 @@ def _download_wheels(target: Target, requirements: Path, dest: Path) -> None:
     )
 
 
-def _build(labels: dict[str, str], target: Target, deps_key: str, artifact: Path, fault: str):
+def _build(
+    labels: dict[str, str], target: Target, deps_key: str, artifact: Path, fault: dict[str, str]
+):
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE_DIR) as tmp:
         source = REPO
@@ -264,8 +289,10 @@ def _build(labels: dict[str, str], target: Target, deps_key: str, artifact: Path
             for name in SOURCE_PATHS:
                 copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
                 copy(REPO / name, source / name)
-            with (source / "service" / "asgi.py").open("a") as asgi:
-                asgi.write(fault)
+            for path, text in fault.items():
+                text = text.replace("@REVISION@", EXPAND_REVISION)
+                with (source / path).open("a") as patched:
+                    patched.write(text.replace("@HEAD@", head_revision() or ""))
         wheel_dir = Path(tmp) / "wheel"
         _run(["uv", "build", "--wheel", "--out-dir", str(wheel_dir)], cwd=source)
         (wheel,) = wheel_dir.glob("*.whl")

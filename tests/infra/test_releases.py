@@ -21,6 +21,7 @@ from conftest import REPO, SITE, host_json_path, run_deploy, ssh_argv
 
 from infra.deploys import layout
 from infra.deploys.postgres import DB_CONNECTION_DEFAULTS
+from infra.release.build import EXPAND_REVISION
 from service.migrations import VERSION_TABLE
 
 pytestmark = pytest.mark.infra
@@ -188,9 +189,8 @@ def test_a_release_that_fails_readiness_is_rolled_back(first_deploy, rehearsal):
     assert https_status(rehearsal, "/readyz") == 200
 
 
-def test_rollback_goes_to_the_previous_release_with_zero_failed_requests(first_deploy, rehearsal):
-    deploy_revision("test-one")
-    deploy_revision("test-two")
+def rollback_under_traffic(rehearsal) -> tuple[Traffic, Traffic]:
+    """`make rollback` under HTTPS traffic; the traffic during it and just after."""
     env = {**os.environ, "PLINTH_REHEARSAL_HOST_JSON": str(host_json_path())}
     args = [sys.executable, "-m", "pyinfra", "-y", "infra/inventories/rehearsal.py"]
     with Traffic(rehearsal) as traffic:
@@ -200,8 +200,49 @@ def test_rollback_goes_to_the_previous_release_with_zero_failed_requests(first_d
         assert run.returncode == 0, run.stderr[-2000:]
         with Traffic(rehearsal) as after:
             time.sleep(2)
+    return traffic, after
+
+
+def test_rollback_goes_to_the_previous_release_with_zero_failed_requests(first_deploy, rehearsal):
+    deploy_revision("test-one")
+    deploy_revision("test-two")
+    traffic, after = rollback_under_traffic(rehearsal)
     assert traffic.failures == [], traffic.failures[:5]
     assert set(after.revisions) == {"test-one"}, after.revisions
+
+
+def psql(rehearsal, sql: str) -> str:
+    db = DB_CONNECTION_DEFAULTS["db_name"]  # the rehearsal inventory keeps it
+    return ssh(rehearsal, f"runuser -u postgres -- psql -tAq -d {db} -c {shlex.quote(sql)}")
+
+
+def test_a_rollback_across_an_expand_migration_serves_with_zero_failed_requests(
+    first_deploy, rehearsal
+):
+    """What docs/releases.md promises: a newer release expands the schema; the rollback runs
+    no migration, and the release before it, which does not know the newer revision, is ready
+    on the expanded schema and serves. Deployed again later (a fix on the old line), it finds
+    the database ahead of it and migrates nothing."""
+    schema_at = f"SELECT version_num FROM {VERSION_TABLE}"  # noqa: S608 (ours)
+    head = psql(rehearsal, schema_at)
+    try:
+        assert deploy_revision("test-before-expand").returncode == 0
+        before = current_release(rehearsal)
+        expanded = deploy_revision("test-expand", PLINTH_RELEASE_FAULT="expand")
+        assert expanded.returncode == 0, expanded.stderr[-2000:]
+        assert psql(rehearsal, schema_at) == EXPAND_REVISION
+        traffic, after = rollback_under_traffic(rehearsal)
+        assert traffic.failures == [], traffic.failures[:5]
+        assert set(after.revisions) == {"test-before-expand"}, after.revisions
+        assert current_release(rehearsal) == before
+        assert https_status(rehearsal, "/readyz") == 200
+        again = deploy_revision("test-after-rollback")
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert https_status(rehearsal, "/readyz") == 200
+        assert psql(rehearsal, schema_at) == EXPAND_REVISION  # nothing undone, nothing re-run
+    finally:  # the contract step by hand, for the tests after this one
+        psql(rehearsal, "ALTER TABLE predictions DROP COLUMN IF EXISTS rehearsal_expand")
+        psql(rehearsal, f"UPDATE {VERSION_TABLE} SET version_num = '{head}'")  # noqa: S608
 
 
 def test_a_restart_of_the_unit_refuses_no_request(first_deploy, rehearsal):
