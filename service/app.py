@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -13,17 +14,17 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.api import health, models, predictions
-from service.config import Settings
+from service.config import CONFIG_ERROR_EXIT_CODE, ConfigError, Settings, load_settings
 from service.database import async_connector, build_engine, record_loaded_model
 from service.errors import install_exception_handlers
 from service.inference_batcher import InferenceBatcher
 from service.logs import configure_logging
 from service.metrics import change_pool_in_use
-from service.migrations import head_revision
+from service.migrations import head_revision, known_revisions
 from service.observability import RequestContextMiddleware
 from service.openapi import install_openapi
 from service.prediction_writer import PredictionWriter
-from service.predictors import ModelRegistry, load_models
+from service.predictors import ModelLoadError, ModelRegistry, load_models
 from service.release import package_version, read_release_info
 
 logger = logging.getLogger("plinth")
@@ -100,6 +101,7 @@ def create_app(settings: Settings) -> FastAPI:
         for model in registry
     }
     app.state.head_revision = head_revision()
+    app.state.known_revisions = known_revisions()
     app.state.release = read_release_info(settings.release_info_file)
     install_exception_handlers(app)
     app.add_middleware(RequestContextMiddleware)
@@ -111,3 +113,17 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(models.router)
     install_openapi(app, body_models=list(request_classes.values()))
     return app
+
+
+def app_or_exit(settings: Settings | None = None) -> FastAPI:
+    """What a server process serves: the app built from ``settings`` (by default read from the
+    environment). A setting or model it cannot serve with prints the one configuration line
+    and exits 78, like ``plinth check-config``."""
+    try:
+        return create_app(settings if settings is not None else load_settings())
+    except ConfigError as error:
+        message = str(error)
+    except ModelLoadError as error:
+        message = str(ConfigError("PLINTH_MODELS", f"cannot be served: {error}"))
+    print(f"plinth: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(CONFIG_ERROR_EXIT_CODE)

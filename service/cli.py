@@ -37,13 +37,22 @@ def check_config() -> int:
 
 
 def migrate() -> int:
+    from alembic.util import CommandError
     from sqlalchemy.exc import SQLAlchemyError
 
-    from service.migrations import head_revision, upgrade
+    from service.migrations import NewerRevisionError, head_revision, upgrade
 
     settings = _validated_settings(with_models=False)
     try:
         upgrade(settings.sqlalchemy_url(for_migrations=True))
+    except NewerRevisionError as error:
+        # Not a failure: an older release deployed again after a rollback (a fix on the old
+        # line) must deploy, and expand/contract keeps it compatible with the schema. It
+        # changes nothing and says so.
+        print(f"plinth: {error}")
+        return 0
+    except CommandError as error:  # any other Alembic refusal: its first line, no traceback
+        return _fail(f"migration failed: {str(error).splitlines()[0]}", 1)
     except SQLAlchemyError as error:
         # The class and first line only: full messages can echo connection details.
         reason = str(getattr(error, "orig", error)).splitlines()[0]
@@ -54,7 +63,6 @@ def migrate() -> int:
 
 def serve() -> int:
     from gunicorn.app.base import BaseApplication
-    from gunicorn.util import import_app
 
     settings = _validated_settings(with_models=True)
     from service import gunicorn_conf  # exports PROMETHEUS_MULTIPROC_DIR before any fork
@@ -72,21 +80,30 @@ def serve() -> int:
 
         def __init__(self) -> None:
             self.settings = settings
+            self._started = False
             super().__init__(prog="plinth serve")
 
         def load_config(self) -> None:
-            # Called again on HUP: pick up changed settings, but never let a bad edit
-            # kill a running master; keep the previous settings instead.
-            try:
-                self.settings = load_settings()
-            except ConfigError as error:
-                logger.error("reload ignored, keeping previous settings: %s", error)
+            # First called by __init__ (the settings were just validated), then on every HUP:
+            # re-read and check them as check-config does, models included. A bad edit must
+            # not kill the running master nor the workers it is about to start: keep the
+            # previous settings instead.
+            if self._started:
+                try:
+                    self.settings = _validated_settings(with_models=True)
+                except ConfigError as error:
+                    logger.error("reload ignored, keeping previous settings: %s", error)
+            self._started = True
             for key, value in gunicorn_conf.options(self.settings).items():
                 self.cfg.set(key, value)
 
         def load(self):
-            # Imported in each worker (no preload), so a HUP builds the app afresh.
-            return import_app("service.asgi:app")
+            # In each worker, after the fork (no preload), so a HUP builds the app afresh, from
+            # the settings the master validated (inherited with its memory): a worker that read
+            # the env file again would crash-loop on the bad edit the master refused.
+            from service.app import app_or_exit
+
+            return app_or_exit(self.settings)
 
     PlinthGunicorn().run()
     return 0

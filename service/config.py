@@ -22,6 +22,17 @@ ENV_FILE_VARIABLE = "PLINTH_ENV_FILE"
 PACKAGED_ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
 # sysexits.h EX_CONFIG: lets systemd units tell "fix the configuration" from a crash.
 CONFIG_ERROR_EXIT_CODE = 78
+# PostgreSQL's statement_timeout is an int4 of milliseconds.
+_POSTGRESQL_INT_MAX = 2_147_483_647
+# Longest sensible wait for one connection or one prediction; also keeps the values finite
+# (inf passed validation, then every worker died on math.ceil(inf)).
+_MAX_WAIT_SECONDS = 3600
+# What Gunicorn's bind accepts that plinth supports: host:port (IPv6 in brackets), a unix
+# socket path, or an inherited file descriptor. A port is required (Gunicorn would silently
+# pick 8000); with systemd's socket (LISTEN_FDS) the bind is not used at all.
+_BIND = re.compile(
+    r"^(?:unix:.+|fd://\d+|(?:tcp://)?(?:\[[0-9A-Fa-f:.]+\]|[^\s:\[\]/]+):(?P<port>\d+))$"
+)
 
 # Values people paste into templates instead of a real secret.
 _PLACEHOLDER = re.compile(
@@ -49,11 +60,15 @@ class Settings(BaseSettings):
     models: Annotated[list[str], NoDecode] = ["iris"]
     artifacts_dir: Path = PACKAGED_ARTIFACTS_DIR
     max_batch_size: int = Field(default=64, ge=1, le=10_000)
-    predict_timeout_seconds: float = Field(default=2.0, gt=0)
+    predict_timeout_seconds: float = Field(
+        default=2.0, gt=0, le=_MAX_WAIT_SECONDS, allow_inf_nan=False
+    )
     db_pool_size: int = Field(default=5, ge=1)
     db_max_overflow: int = Field(default=5, ge=0)
-    db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
-    db_statement_timeout_ms: int = Field(default=5_000, ge=1)
+    db_pool_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=_MAX_WAIT_SECONDS, allow_inf_nan=False
+    )
+    db_statement_timeout_ms: int = Field(default=5_000, ge=1, le=_POSTGRESQL_INT_MAX)
     workers: int = Field(default=2, ge=1)
     bind: str = "127.0.0.1:8000"
     timeout_seconds: int = Field(default=30, ge=1)
@@ -76,6 +91,16 @@ class Settings(BaseSettings):
             raise ValueError("must name at least one model")
         return value
 
+    @field_validator("bind")
+    @classmethod
+    def _gunicorn_bind(cls, value: str) -> str:
+        match = _BIND.match(value)
+        if match is None:
+            raise ValueError("must be host:port, unix:/path or fd://<descriptor number>")
+        if match["port"] is not None and not 1 <= int(match["port"]) <= 65535:
+            raise ValueError("must have a port between 1 and 65535")
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lowercase_level(cls, value: object) -> object:
@@ -83,20 +108,34 @@ class Settings(BaseSettings):
 
     def sqlalchemy_url(self, *, for_migrations: bool = False) -> URL:
         """The URL to connect with; migrations prefer their own (more privileged) role."""
-        secret = self.database_url
+        variable, secret = f"{ENV_PREFIX}DATABASE_URL", self.database_url
         if for_migrations and self.migration_database_url is not None:
+            variable = f"{ENV_PREFIX}MIGRATION_DATABASE_URL"
             secret = self.migration_database_url
         if secret is None:
-            raise ConfigError(f"{ENV_PREFIX}DATABASE_URL", "is not set")
-        return _postgresql_url(secret.get_secret_value())
+            raise ConfigError(variable, "is not set")
+        return _postgresql_url(variable, secret.get_secret_value())
 
 
-def _postgresql_url(raw: str) -> URL:
+def _parse_url(variable: str, raw: str) -> URL:
     # SQLAlchemy is imported where a URL is parsed, not with the module: the deploy reads
     # defaults from here and should not pay a second of imports for them.
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
-    url = make_url(raw)
+    try:
+        return make_url(raw)
+    except (ArgumentError, ValueError):
+        # Never the URL nor SQLAlchemy's message: an unencoded '@' or ':' in the password makes
+        # the rest of it look like a port, and the ValueError quotes it.
+        raise ConfigError(
+            variable,
+            "is not a valid database URL; percent-encode special characters in the password",
+        ) from None
+
+
+def _postgresql_url(variable: str, raw: str) -> URL:
+    url = _parse_url(variable, raw)
     # psycopg 3 is the only PostgreSQL driver installed; plain postgresql:// means "default
     # driver", which SQLAlchemy would resolve to the absent psycopg2.
     if url.drivername in ("postgresql", "postgres"):
@@ -107,18 +146,14 @@ def _postgresql_url(raw: str) -> URL:
 def _check_database_url(variable: str, secret: SecretStr | None, *, production: bool) -> None:
     if secret is None or not secret.get_secret_value().strip():
         raise ConfigError(variable, "is not set")
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
     raw = secret.get_secret_value()
-    try:
-        url = make_url(raw)
-    except ArgumentError:
-        raise ConfigError(variable, "is not a valid database URL") from None
+    url = _parse_url(variable, raw)
     if url.get_backend_name() not in ("postgresql", "postgres"):
         raise ConfigError(variable, "must be a PostgreSQL URL (postgresql+psycopg://...)")
     if url.drivername not in ("postgresql", "postgres", "postgresql+psycopg"):
         raise ConfigError(variable, "must use the psycopg driver (postgresql+psycopg://...)")
+    if url.port is not None and not 1 <= url.port <= 65535:
+        raise ConfigError(variable, "has a port outside 1..65535")
     if production and (
         (url.password is not None and _PLACEHOLDER.search(url.password))
         or _PLACEHOLDER_ANYWHERE.search(raw)
@@ -138,9 +173,20 @@ def load_settings(**overrides: object) -> Settings:
         raise ConfigError(ENV_FILE_VARIABLE, f"names a file that does not exist: {env_file}")
     try:
         settings = Settings(_env_file=env_file or None, **overrides)  # type: ignore[call-arg]
+    except UnicodeDecodeError:
+        raise ConfigError(
+            ENV_FILE_VARIABLE, f"names a file that is not UTF-8: {env_file}"
+        ) from None
+    except OSError as error:  # unreadable for this user, or a read error
+        reason = error.strerror or type(error).__name__
+        raise ConfigError(
+            ENV_FILE_VARIABLE, f"names a file that cannot be read ({reason}): {env_file}"
+        ) from None
     except ValidationError as error:
         first = error.errors(include_input=False, include_url=False)[0]
-        raise ConfigError(_variable_for(first["loc"]), first["msg"].lower()) from None
+        # A validator's own message reads as a sentence without pydantic's "Value error, ".
+        reason = first["msg"].removeprefix("Value error, ").lower()
+        raise ConfigError(_variable_for(first["loc"]), reason) from None
     production = settings.environment == "production"
     _check_database_url(f"{ENV_PREFIX}DATABASE_URL", settings.database_url, production=production)
     if settings.migration_database_url is not None:

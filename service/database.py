@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -47,13 +48,26 @@ def build_engine(
     return engine
 
 
-def current_revision(engine: Engine) -> str | None:
-    """Alembic's revision in the database; a real round trip, so it doubles as a ping."""
+@dataclass(frozen=True)
+class DatabaseState:
+    revision: str | None  # Alembic's, None for an empty database
+    read_only: bool  # a standby (after a fail-over) or default_transaction_read_only = on
+
+
+def database_state(engine: Engine) -> DatabaseState:
+    """Alembic's revision and whether the database takes writes (it answers reads on a standby
+    while every prediction would fail); a real round trip, so it doubles as a ping."""
     with engine.connect() as connection:
-        exists = connection.execute(text("SELECT to_regclass('alembic_version')")).scalar()
-        if exists is None:
-            return None
-        return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        exists, read_only = connection.execute(
+            text(
+                "SELECT to_regclass('alembic_version') IS NOT NULL,"
+                " current_setting('transaction_read_only') = 'on'"
+            )
+        ).one()
+        revision = None
+        if exists:
+            revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    return DatabaseState(revision=revision, read_only=read_only)
 
 
 def async_connector(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -16,11 +17,15 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.context import current_request_id
+from service.prediction_writer import WRITES_REFUSED
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 # How long clients should wait before retrying while the database is away: about one
 # pool pre-ping/reconnect cycle, short enough for a restart or fail-over.
 DATABASE_RETRY_AFTER_SECONDS = 5
+# A 422 lists this many field errors at most: a batch of junk (up to MAX_BATCH_SIZE inputs)
+# must not turn into a response of megabytes. The rest are counted in `errors_omitted`.
+MAX_LISTED_ERRORS = 20
 logger = logging.getLogger("plinth.errors")
 
 
@@ -40,11 +45,14 @@ class FieldError(BaseModel):
 
 
 class ValidationProblem(Problem):
-    errors: list[FieldError]
+    errors: list[FieldError] = Field(description=f"the first {MAX_LISTED_ERRORS} field errors")
+    errors_omitted: int = Field(default=0, description="how many more errors were not listed")
 
 
 class ReadinessProblem(Problem):
-    checks: dict[str, str] = Field(description="check name -> 'ok' or why it failed")
+    checks: dict[str, str] = Field(
+        description="check name -> 'ok' (perhaps followed by ': ' and a note) or why it failed"
+    )
 
 
 class ProblemError(Exception):
@@ -88,10 +96,12 @@ def problem_response(
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
-def database_unavailable_response(instance: str | None) -> JSONResponse:
+def database_unavailable_response(
+    instance: str | None, detail: str = "the database is unavailable; retry later"
+) -> JSONResponse:
     return problem_response(
         503,
-        "the database is unavailable; retry later",
+        detail,
         instance=instance,
         problem_type="urn:plinth:problem:database-unavailable",
         headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
@@ -103,7 +113,7 @@ def internal_error_response(instance: str | None) -> JSONResponse:
     return problem_response(500, "internal error; quote the request id", instance=instance)
 
 
-def _field_errors(error: RequestValidationError) -> list[dict[str, str]]:
+def _field_errors(details: Sequence[Any]) -> list[dict[str, str]]:
     # Only location, message and type: echoing the rejected input could leak payload data.
     return [
         {
@@ -111,7 +121,7 @@ def _field_errors(error: RequestValidationError) -> list[dict[str, str]]:
             "message": str(item.get("msg", "invalid")),
             "type": str(item.get("type", "value_error")),
         }
-        for item in error.errors()
+        for item in details
     ]
 
 
@@ -133,7 +143,8 @@ def install_exception_handlers(app: FastAPI) -> None:
         )
 
     async def on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        errors = _field_errors(error)
+        details = error.errors()
+        errors = _field_errors(details[:MAX_LISTED_ERRORS])
         summary = "; ".join(f"{item['field']}: {item['message']}" for item in errors[:5])
         return problem_response(
             422,
@@ -141,11 +152,20 @@ def install_exception_handlers(app: FastAPI) -> None:
             instance=request.url.path,
             problem_type="urn:plinth:problem:invalid-request",
             errors=errors,
+            errors_omitted=max(0, len(details) - MAX_LISTED_ERRORS),
         )
 
     async def on_database_error(request: Request, error: Exception) -> JSONResponse:
         logger.warning("database unavailable: %s", type(error).__name__)
         return database_unavailable_response(request.url.path)
+
+    async def on_writes_refused(request: Request, error: Exception) -> JSONResponse:
+        # A standby after a fail-over, or lost grants: the operator's to fix, so 503 with a
+        # retry (not a 500 "bug"), and the class named in the log (not the database's message).
+        logger.warning("database refuses writes: %s", type(error).__name__)
+        return database_unavailable_response(
+            request.url.path, "the database does not accept writes now; retry later"
+        )
 
     async def on_unstorable_input(request: Request, error: Exception) -> JSONResponse:
         # The input passed the model's schema but PostgreSQL refuses to store it (e.g. a \u0000
@@ -174,6 +194,8 @@ def install_exception_handlers(app: FastAPI) -> None:
         psycopg.InterfaceError,
     ):
         app.add_exception_handler(database_error, on_database_error)
+    for refused in WRITES_REFUSED:
+        app.add_exception_handler(refused, on_writes_refused)
     app.add_exception_handler(psycopg.DataError, on_unstorable_input)
     app.add_exception_handler(Exception, on_unexpected)
 

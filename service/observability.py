@@ -7,6 +7,7 @@ import re
 import time
 import uuid
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.context import request_id_var
@@ -18,6 +19,8 @@ logger = logging.getLogger("plinth")
 # A proxy-supplied id is copied into logs and headers, so accept only a safe alphabet.
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _UNMATCHED_ROUTE = "<unmatched>"  # one label for all unknown paths keeps cardinality bounded
+# nginx's "client closed request": nobody receives an answer, and nothing failed on our side.
+CLIENT_CLOSED_REQUEST = 499
 
 
 def _route_template(scope: Scope) -> str:
@@ -72,6 +75,11 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_request_id)
+        except ClientDisconnect:
+            # The client went away while sending its body (a timeout, a cancelled call): not
+            # a server error, so neither a traceback nor a 500 in the metrics.
+            status = CLIENT_CLOSED_REQUEST
+            logger.info("client disconnected before its request was read")
         except Exception:
             logger.exception("unhandled error")
             if not response_started:

@@ -39,6 +39,10 @@ _INSERT = (
     " ON CONFLICT (id) DO NOTHING"
 )
 Row = tuple[Any, ...]  # the seven columns above; input and output as JSON text
+# The database refuses every write, whatever the data: a standby after a fail-over (or
+# default_transaction_read_only), or the service role lost its grants. Like an outage: the
+# whole batch fails at once (503), nothing is retried row by row.
+WRITES_REFUSED = (psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.InsufficientPrivilege)
 
 
 class _Request:
@@ -116,8 +120,9 @@ class PredictionWriter:
     async def _write_batch(self, batch: list[_Request], rows: list[Row]) -> None:
         try:
             await self._insert(rows)
-        except psycopg.OperationalError as error:
-            # The server is away or too slow: nobody in the batch is acknowledged.
+        except (psycopg.OperationalError, *WRITES_REFUSED) as error:
+            # The server is away, too slow or refuses writes: nobody in the batch is
+            # acknowledged.
             _fail(batch, error)
         except psycopg.Error:
             # Most likely one request's data (e.g. a \u0000 that jsonb refuses): write each

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.database import current_revision
+from service.database import database_state
 from service.errors import DATABASE_RETRY_AFTER_SECONDS, ProblemError, problem_responses
 from service.metrics import render_metrics
 from service.release import ReleaseInfo
@@ -36,26 +36,39 @@ async def healthz() -> Liveness:
     return Liveness()
 
 
+def _migrations_check(revision: str | None, head: str | None, known: frozenset[str]) -> str:
+    if revision == head:
+        return "ok"
+    if revision is not None and revision not in known:
+        # A newer release migrated (expand/contract) and this one was rolled back to: its
+        # schema is a superset of ours, which releases promise to tolerate.
+        return f"ok: ahead, at {revision} (this release's head is {head})"
+    return f"failed: at {revision or 'empty database'}, expected {head}"
+
+
 @router.get("/readyz", response_model=Readiness, responses=_READINESS_RESPONSES)
 def readyz(request: Request) -> Readiness:
-    """Ready when the database answers, migrations are at head and every model is loaded."""
+    """Ready when the database answers and takes writes, its migrations are at this release's
+    head (or ahead: a newer release's, rolled back from) and every model is loaded."""
     state = request.app.state
     checks: dict[str, str] = {}
     try:
-        revision = current_revision(state.engine)
+        database = database_state(state.engine)
     except SQLAlchemyError as error:
         checks["database"] = f"failed: {type(error).__name__}"
         checks["migrations"] = "unknown: database unavailable"
     else:
-        checks["database"] = "ok"
-        checks["migrations"] = (
-            "ok"
-            if revision == state.head_revision
-            else f"failed: at {revision or 'empty database'}, expected {state.head_revision}"
+        checks["database"] = (
+            "failed: read-only (a standby, or default_transaction_read_only is on)"
+            if database.read_only
+            else "ok"
+        )
+        checks["migrations"] = _migrations_check(
+            database.revision, state.head_revision, state.known_revisions
         )
     missing = [name for name in state.settings.models if state.registry.get(name) is None]
     checks["models"] = "ok" if not missing else f"failed: not loaded: {', '.join(missing)}"
-    failed = [name for name, result in checks.items() if result != "ok"]
+    failed = [name for name, result in checks.items() if not result.startswith("ok")]
     if failed:
         raise ProblemError(
             503,

@@ -30,7 +30,9 @@ async def parse_json_body(request: Request, model: type[Model]) -> Model:
     try:
         return model.model_validate_json(await request.body())
     except ValidationError as error:
-        details = error.errors(include_url=False, include_input=False, include_context=False)
+        # The context (e.g. a list's actual length) is kept for the routes; the 422 handler
+        # echoes only location, message and type.
+        details = error.errors(include_url=False, include_input=False)
         raise RequestValidationError(
             [{**detail, "loc": ("body", *detail["loc"])} for detail in details]
         ) from None

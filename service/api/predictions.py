@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic_core import to_json
 
@@ -50,13 +51,22 @@ def _request_model(model: LoadedModel, max_batch_size: int) -> type[BaseModel]:
     return create_model(
         f"{item.__name__}PredictRequest",
         __config__=ConfigDict(extra="forbid"),
-        # maxItems is documented but enforced in the route, so an oversized batch is a 413
-        # (payload too large) rather than a generic 422.
-        inputs=(
-            list[item],
-            Field(min_length=1, json_schema_extra={"maxItems": max_batch_size}),
-        ),
+        # The length is checked before any item is validated, so an oversized batch of junk
+        # costs no time; that error becomes a 413 (payload too large), not a generic 422.
+        inputs=(list[item], Field(min_length=1, max_length=max_batch_size)),
     )
+
+
+def _oversized_batch(error: RequestValidationError, limit: int) -> ProblemError | None:
+    for detail in error.errors():
+        if detail["type"] == "too_long" and tuple(detail["loc"]) == ("body", "inputs"):
+            size = detail.get("ctx", {}).get("actual_length") or f"more than {limit}"
+            return ProblemError(
+                413,
+                f"batch of {size} exceeds the limit of {limit} inputs",
+                problem_type="urn:plinth:problem:batch-too-large",
+            )
+    return None
 
 
 def _response_model(model: LoadedModel) -> type[BaseModel]:
@@ -78,13 +88,11 @@ def _add_predict_route(
     name, version = model.manifest.name, model.manifest.version
 
     async def predict(request: Request) -> Response:
-        batch = (await parse_json_body(request, request_model)).inputs  # type: ignore[attr-defined]
-        if len(batch) > settings.max_batch_size:
-            raise ProblemError(
-                413,
-                f"batch of {len(batch)} exceeds the limit of {settings.max_batch_size} inputs",
-                problem_type="urn:plinth:problem:batch-too-large",
-            )
+        try:
+            body = await parse_json_body(request, request_model)
+        except RequestValidationError as error:
+            raise _oversized_batch(error, settings.max_batch_size) or error from None
+        batch = body.inputs  # type: ignore[attr-defined]
         request_id = current_request_id() or uuid.uuid4().hex
         # Inference runs off the event loop (a model may be slow or CPU-bound), batched with
         # concurrent requests, then the rows are group-committed with those of concurrent

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from service.migrations import VERSION_TABLE
+from service.migrations import VERSION_TABLE, NewerRevisionError, known_revisions
 from service.tables import Base
 
 # The owner's default privileges give the service role row rights on every table a migration
@@ -44,6 +44,12 @@ with engine.connect() as connection:
     )
     with context.begin_transaction():
         connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7243001)")
+        # Checked under the lock, before Alembic looks for a path (and fails with a traceback
+        # naming a revision it "can't locate"): refuse a database a newer release migrated.
+        known = known_revisions()
+        for current in context.get_context().get_current_heads():
+            if current not in known:
+                raise NewerRevisionError(current, context.script.get_current_head())
         context.run_migrations()
         connection.exec_driver_sql(_VERSION_TABLE_READ_ONLY)
 engine.dispose()

@@ -38,12 +38,19 @@ class ModelRegistry:
         return list(self._models)
 
 
+def _unreadable(path: Path, error: OSError) -> str:
+    # e.g. the artifacts deployed with a mode or owner the service user cannot read.
+    return f"cannot read {path} ({error.strerror or type(error).__name__})"
+
+
 def _read_manifest(model_dir: Path, name: str) -> Manifest:
     manifest_path = model_dir / "manifest.json"
     if not manifest_path.is_file():
         raise ModelLoadError(f"model {name!r}: manifest not found at {manifest_path}")
     try:
         manifest = Manifest.model_validate_json(manifest_path.read_bytes())
+    except OSError as error:
+        raise ModelLoadError(f"model {name!r}: {_unreadable(manifest_path, error)}") from None
     except ValidationError as error:
         first = error.errors(include_input=False, include_url=False)[0]
         field = ".".join(str(part) for part in first["loc"]) or "manifest"
@@ -59,8 +66,11 @@ def _verified_artifact(model_dir: Path, manifest: Manifest) -> Path:
     artifact = model_dir / manifest.artifact
     if not artifact.is_file():
         raise ModelLoadError(f"model {manifest.name!r}: artifact not found at {artifact}")
-    with artifact.open("rb") as stream:
-        digest = hashlib.file_digest(stream, "sha256").hexdigest()
+    try:
+        with artifact.open("rb") as stream:
+            digest = hashlib.file_digest(stream, "sha256").hexdigest()
+    except OSError as error:
+        raise ModelLoadError(f"model {manifest.name!r}: {_unreadable(artifact, error)}") from None
     if digest != manifest.sha256:
         raise ModelLoadError(
             f"model {manifest.name!r}: artifact {artifact.name} sha256 mismatch "

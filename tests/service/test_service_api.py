@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from service_support import IRIS_INPUT
 
@@ -286,3 +289,78 @@ def test_openapi_lists_every_status_with_the_problem_schema(client: TestClient) 
     assert {"Problem", "ValidationProblem", "ReadinessProblem"} <= set(
         document["components"]["schemas"]
     )
+
+
+def test_a_huge_batch_of_junk_is_refused_at_once_with_a_small_body(client: TestClient) -> None:
+    # Under 1 MB of empty objects: refused on its length before any item is validated (it used
+    # to validate all of them and answer a 422 of 100+ MB listing millions of errors).
+    response = client.post(
+        "/v1/models/iris/predict",
+        content=json.dumps({"inputs": [{}] * 100_000}),
+        headers={"content-type": "application/json"},
+    )
+    assert len(response.content) < 1000, response.text[:300]
+    body = assert_problem(response, 413)
+    assert body["detail"] == "batch of 100000 exceeds the limit of 8 inputs"
+    assert "errors" not in body
+
+
+def test_a_422_lists_at_most_20_errors_and_counts_the_rest(client: TestClient) -> None:
+    # Eight empty inputs, four missing fields each: 32 errors.
+    body = assert_problem(predict(client, [{}] * 8), 422)
+    assert len(body["errors"]) == 20
+    assert body["errors_omitted"] == 12
+    assert body["errors"][0]["field"] == "body.inputs.0.sepal_length_cm"
+    one = assert_problem(predict(client, [{**IRIS_INPUT, "colour": "blue"}]), 422)
+    assert len(one["errors"]) == 1 and one["errors_omitted"] == 0
+
+
+def test_a_client_gone_mid_body_is_499_without_a_traceback(settings: Settings) -> None:
+    app = create_app(settings)
+    # What uvicorn hands the app when the client closes the connection mid-body.
+    messages = [
+        {"type": "http.request", "body": b'{"inputs": [', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/models/iris/predict",
+        "raw_path": b"/v1/models/iris/predict",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return messages.pop(0)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    def count(status: str) -> float:
+        labels = {"method": "POST", "route": "/v1/models/iris/predict", "status": status}
+        return REGISTRY.get_sample_value("plinth_http_requests_total", labels) or 0.0
+
+    records: list[logging.LogRecord] = []
+    collector = logging.Handler()
+    collector.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger().addHandler(collector)  # after create_app, which set up logging
+    before_499, before_500 = count("499"), count("500")
+    try:
+        asyncio.run(app(scope, receive, send))
+    finally:
+        logging.getLogger().removeHandler(collector)
+        app.state.engine.dispose()
+    assert (count("499"), count("500")) == (before_499 + 1, before_500)
+    assert sent == []  # nobody to answer
+    assert not [record for record in records if record.levelno >= logging.ERROR]
+    assert not [record for record in records if record.exc_info]
+    access = [record for record in records if record.name == "plinth.access"]
+    assert [record.status for record in access] == [499]  # type: ignore[attr-defined]

@@ -85,6 +85,32 @@ PRODUCTION_CASES = [
         {"PLINTH_DATABASE_URL": GOOD_URL, "PLINTH_MODELS": "iris,missing"},
         "PLINTH_MODELS cannot be served: model 'missing': manifest not found at ",
     ),
+    # Values a worker cannot run with: inf overflowed math.ceil, PostgreSQL's statement_timeout
+    # is an int4, and Gunicorn cannot bind a port above 65535 (or a bind without one).
+    (
+        {"PLINTH_DATABASE_URL": GOOD_URL, "PLINTH_DB_POOL_TIMEOUT_SECONDS": "inf"},
+        "PLINTH_DB_POOL_TIMEOUT_SECONDS input should be a finite number",
+    ),
+    (
+        {"PLINTH_DATABASE_URL": GOOD_URL, "PLINTH_PREDICT_TIMEOUT_SECONDS": "nan"},
+        "PLINTH_PREDICT_TIMEOUT_SECONDS input should be a finite number",
+    ),
+    (
+        {"PLINTH_DATABASE_URL": GOOD_URL, "PLINTH_DB_STATEMENT_TIMEOUT_MS": "99999999999"},
+        "PLINTH_DB_STATEMENT_TIMEOUT_MS input should be less than or equal to 2147483647",
+    ),
+    (
+        {"PLINTH_DATABASE_URL": GOOD_URL, "PLINTH_BIND": "127.0.0.1:99999"},
+        "PLINTH_BIND must have a port between 1 and 65535",
+    ),
+    (
+        {"PLINTH_DATABASE_URL": GOOD_URL, "PLINTH_BIND": "garbage"},
+        "PLINTH_BIND must be host:port, unix:/path or fd://<descriptor number>",
+    ),
+    (
+        {"PLINTH_DATABASE_URL": GOOD_URL, "PLINTH_BIND": "127.0.0.1:http"},
+        "PLINTH_BIND must be host:port, unix:/path or fd://<descriptor number>",
+    ),
 ]
 
 
@@ -98,6 +124,85 @@ def test_check_config_refuses_bad_production_settings(
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(PREFIX + line)
     assert "s3cr3t" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "bind",
+    ["127.0.0.1:8000", "0.0.0.0:1", "[::1]:65535", "localhost:8000", "unix:/run/p.sock", "fd://3"],
+)
+def test_bind_accepts_what_gunicorn_serves_on(check_config, bind: str) -> None:
+    result = check_config(PLINTH_DATABASE_URL=GOOD_URL, PLINTH_BIND=bind)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # '@' and ':' in a password that is not percent-encoded: the rest reads as a port.
+        "postgresql+psycopg://plinth:s3cr3t@ss:w0rd@db/plinth",
+        "postgresql+psycopg://plinth:w0rd@db:notaport/plinth",
+    ],
+)
+@pytest.mark.parametrize("variable", ["PLINTH_DATABASE_URL", "PLINTH_MIGRATION_DATABASE_URL"])
+def test_malformed_database_url_is_one_line_without_the_password(
+    check_config, url: str, variable: str
+) -> None:
+    result = check_config(**{"PLINTH_DATABASE_URL": GOOD_URL, variable: url})
+    assert result.returncode == 78
+    assert result.stderr.splitlines() == [
+        PREFIX + f"{variable} is not a valid database URL; percent-encode special characters "
+        "in the password"
+    ]
+    assert "w0rd" not in result.stdout + result.stderr
+
+
+def make_unreadable(path: Path) -> None:
+    """``path`` becomes a file that exists but cannot be read, even by root (the suite's user
+    in CI): mode 000 stops anyone else, a write-only sysctl stops root too."""
+    path.unlink(missing_ok=True)
+    if os.geteuid() == 0:
+        path.symlink_to("/proc/sys/vm/drop_caches")
+    else:
+        path.write_text("unreadable")
+        path.chmod(0)
+    try:
+        path.read_bytes()
+    except PermissionError:
+        return
+    pytest.skip(f"cannot make {path} unreadable here")
+
+
+def test_unreadable_or_undecodable_env_file_is_one_line(check_config, tmp_path: Path) -> None:
+    env_file = tmp_path / "plinth.env"
+    # Latin-1, as an editor might save it: not UTF-8.
+    env_file.write_bytes(
+        f"PLINTH_DATABASE_URL={GOOD_URL}\nPLINTH_MODELS=iris  # écrit\n".encode("latin-1")
+    )
+    result = check_config(PLINTH_ENV_FILE=str(env_file))
+    assert result.returncode == 78
+    assert result.stderr.splitlines() == [
+        PREFIX + f"PLINTH_ENV_FILE names a file that is not UTF-8: {env_file}"
+    ]
+    make_unreadable(env_file)
+    result = check_config(PLINTH_ENV_FILE=str(env_file))
+    assert result.returncode == 78
+    assert result.stderr.splitlines() == [
+        PREFIX + f"PLINTH_ENV_FILE names a file that cannot be read (Permission denied): {env_file}"
+    ]
+
+
+@pytest.mark.parametrize("unreadable", ["manifest.json", "weights.json"])
+def test_unreadable_model_file_is_one_line(check_config, tmp_path: Path, unreadable: str) -> None:
+    from service_support import artifacts_with_test_models
+
+    artifacts = artifacts_with_test_models(tmp_path)
+    make_unreadable(artifacts / "iris" / unreadable)
+    result = check_config(PLINTH_DATABASE_URL=GOOD_URL, PLINTH_ARTIFACTS_DIR=str(artifacts))
+    assert result.returncode == 78
+    assert result.stderr.splitlines() == [
+        PREFIX + f"PLINTH_MODELS cannot be served: model 'iris': cannot read "
+        f"{artifacts / 'iris' / unreadable} (Permission denied)"
+    ]
 
 
 def test_environment_must_be_known(check_config) -> None:

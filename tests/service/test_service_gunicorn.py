@@ -317,3 +317,65 @@ def test_workers_exit_when_the_master_is_killed(serve_environment: dict[str, str
         assert alive == [], f"workers outlived their master: {alive}"
     finally:
         _stop(served)
+
+
+def _worker_pids(master: subprocess.Popen[bytes]) -> set[str]:
+    found = subprocess.run(["pgrep", "-P", str(master.pid)], capture_output=True, text=True)
+    return set(found.stdout.split())
+
+
+def _reload(served: Served, env_file: Path, text: str) -> None:
+    """Edit the env file, HUP the master and wait until none of the old workers is left."""
+    old_workers = _worker_pids(served.process)
+    env_file.write_text(text)
+    served.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 60
+    while _worker_pids(served.process) & old_workers:
+        assert time.monotonic() < deadline, "the old workers were never replaced"
+        time.sleep(0.2)
+    assert served.process.poll() is None
+
+
+def _batch_of_five(served: Served) -> int:
+    return served.client.post(
+        "/v1/models/iris/predict", json={"inputs": [IRIS_INPUT] * 5}
+    ).status_code
+
+
+def test_hup_with_a_bad_settings_file_keeps_serving_and_a_good_one_applies(
+    serve_environment: dict[str, str], tmp_path: Path
+) -> None:
+    """Workers use the settings their master validated: a bad edit + HUP keeps the previous
+    settings everywhere (the new workers used to re-read the file and exit 78 in a loop), a
+    good edit + HUP applies the new ones."""
+    port = free_port()
+    serve_environment["PLINTH_BIND"] = f"127.0.0.1:{port}"
+    del serve_environment["PLINTH_MODELS"]  # from the file (the environment would override it)
+    env_file = tmp_path / "plinth.env"
+    env_file.write_text("PLINTH_MODELS=iris,sleepy\nPLINTH_MAX_BATCH_SIZE=4\n")
+    serve_environment["PLINTH_ENV_FILE"] = str(env_file)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+    served = _start(["plinth", "serve"], serve_environment, tmp_path, client)
+    try:
+        assert _batch_of_five(served) == 413
+        bad_edits = [
+            "PLINTH_MODELS=iris,sleepy\nPLINTH_MAX_BATCH_SIZE=0\n",
+            # Valid settings, but a model the workers could not load; the larger batch limit
+            # beside it must not apply either.
+            "PLINTH_MODELS=iris,sleepy,missing\nPLINTH_MAX_BATCH_SIZE=8\n",
+        ]
+        for number, bad in enumerate(bad_edits, start=1):
+            _reload(served, env_file, bad)
+            log = served.log_path.read_text()
+            assert log.count("reload ignored, keeping previous settings") == number, log[-3000:]
+            wait_until_ready(served.client, timeout=30)
+            assert _batch_of_five(served) == 413
+            assert served.client.get("/v1/models").json()["models"][1]["name"] == "sleepy"
+        _reload(served, env_file, "PLINTH_MODELS=iris\nPLINTH_MAX_BATCH_SIZE=8\n")
+        wait_until_ready(served.client, timeout=30)
+        assert _batch_of_five(served) == 200
+        assert [model["name"] for model in served.client.get("/v1/models").json()["models"]] == [
+            "iris"
+        ]
+    finally:
+        _stop(served)

@@ -1,10 +1,13 @@
-"""Migrations: empty -> head -> base -> head, idempotent ``plinth migrate``, readiness at base."""
+"""Migrations: empty -> head -> base -> head, idempotent ``plinth migrate``, readiness at base
+and with a database a newer release migrated."""
 
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 
 import psycopg
+import pytest
 from conftest import libpq
 from fastapi.testclient import TestClient
 from service_support import subprocess_env
@@ -82,3 +85,47 @@ def test_migrate_against_a_dead_server_fails_in_one_line() -> None:
     assert result.stderr.startswith("plinth: migration failed: OperationalError")
     assert len(result.stderr.strip().splitlines()) == 1
     assert "hunter2" not in result.stderr
+
+
+NEWER_REVISION = "9999_from_a_newer_release"
+
+
+@pytest.fixture
+def migrated_by_a_newer_release(migrated_database: str) -> Iterator[str]:
+    """The database as a newer release left it (expand/contract) when this one is rolled
+    back to: at a revision this release's migrations do not know."""
+    with psycopg.connect(libpq(migrated_database), autocommit=True) as connection:
+        connection.execute("UPDATE alembic_version SET version_num = %s", (NEWER_REVISION,))
+    try:
+        yield migrated_database
+    finally:
+        with psycopg.connect(libpq(migrated_database), autocommit=True) as connection:
+            connection.execute("UPDATE alembic_version SET version_num = %s", (head_revision(),))
+
+
+def test_a_database_ahead_of_this_release_is_ready(
+    migrated_by_a_newer_release: str, client: TestClient
+) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 200, response.text
+    migrations = response.json()["checks"]["migrations"]
+    assert migrations.startswith("ok: ahead")
+    assert NEWER_REVISION in migrations and head_revision() in migrations
+
+
+def test_migrate_leaves_a_database_ahead_of_it_alone_in_one_line(
+    migrated_by_a_newer_release: str,
+) -> None:
+    """An older release deployed again after a rollback: nothing to migrate, and not a failure
+    (the deploy goes on; expand/contract keeps the release compatible), said in one line."""
+    environment = subprocess_env(PLINTH_DATABASE_URL=migrated_by_a_newer_release)
+    result = subprocess.run(
+        ["plinth", "migrate"], env=environment, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"plinth: the database is at revision {NEWER_REVISION}, ahead of this release (its "
+        f"head is {head_revision()}): a newer release migrated it; nothing to migrate"
+    ]
+    assert "Traceback" not in result.stderr
+    assert revision(migrated_by_a_newer_release) == NEWER_REVISION

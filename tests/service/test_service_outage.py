@@ -1,10 +1,12 @@
-"""The database server really stops and comes back; the same app instance recovers."""
+"""The database server really stops and comes back; the same app instance recovers. A database
+that turned read-only (a fail-over to a standby) is not ready and predictions answer 503."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
@@ -51,3 +53,32 @@ def test_readiness_and_predictions_follow_the_database(
         assert back.status_code == 200
         prediction_id = back.json()["predictions"][0]["id"]
         assert client.get(f"/v1/predictions/{prediction_id}").status_code == 200
+
+
+@pytest.fixture
+def read_only_database(db: psycopg.Connection, migrated_database: str) -> Iterator[None]:
+    """New sessions of the test database are read-only, as on a standby after a fail-over."""
+    name = make_url(migrated_database).database
+    db.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    try:
+        yield
+    finally:
+        db.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+
+
+def test_a_read_only_database_is_not_ready_and_predictions_are_503(
+    read_only_database: None, settings: Settings, db: psycopg.Connection
+) -> None:
+    # Built after the change: the setting applies to new connections only.
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["database"].startswith("failed: read-only")
+        assert ready.json()["checks"]["migrations"] == "ok"
+        for inputs in ([IRIS_INPUT], [IRIS_INPUT, IRIS_INPUT]):
+            response = client.post("/v1/models/iris/predict", json={"inputs": inputs})
+            assert response.status_code == 503, response.text
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.headers["retry-after"].isdigit()
+            assert "writes" in response.json()["detail"]
+    assert db.execute("SELECT count(*) FROM predictions").fetchone() == (0,)
