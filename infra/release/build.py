@@ -44,16 +44,21 @@ FAULT_ENV = "PLINTH_RELEASE_FAULT"
 EXPAND_REVISION = "9001_rehearsal_expand"
 _READYZ_FAULT = """
 
-_serving = app
+_create_serving_app = create_app
 
 
-async def app(scope, receive, send):  # PLINTH_RELEASE_FAULT=readyz: deliberately broken
-    if scope["type"] == "http" and scope["path"] == "/readyz":
-        headers = [(b"content-type", b"text/plain")]
-        await send({"type": "http.response.start", "status": 503, "headers": headers})
-        await send({"type": "http.response.body", "body": b"broken on purpose"})
-        return
-    await _serving(scope, receive, send)
+def create_app(settings):  # PLINTH_RELEASE_FAULT=readyz: deliberately broken
+    serving = _create_serving_app(settings)
+
+    async def app(scope, receive, send):
+        if scope["type"] == "http" and scope["path"] == "/readyz":
+            headers = [(b"content-type", b"text/plain")]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": b"broken on purpose"})
+            return
+        await serving(scope, receive, send)
+
+    return app
 """
 _EXPAND_FAULT = '''"""PLINTH_RELEASE_FAULT=expand (test only): a newer release's expand step."""
 
@@ -75,7 +80,8 @@ def downgrade() -> None:
 '''
 # name -> {path in the tree: text appended to it (a new file is made)}
 FAULTS = {
-    "readyz": {"service/asgi.py": _READYZ_FAULT},
+    # Wraps create_app, which every server process calls (plinth serve's workers too).
+    "readyz": {"service/app.py": _READYZ_FAULT},
     "expand": {f"service/migrations/versions/{EXPAND_REVISION}.py": _EXPAND_FAULT},
 }
 
