@@ -189,7 +189,9 @@ def build_release(target: Target) -> Release:
         raise ReleaseBuildError(f"{FAULT_ENV}={fault!r}: known faults are {', '.join(FAULTS)}")
     if override and not re.fullmatch(r"[A-Za-z0-9._-]{1,40}", override):
         raise ReleaseBuildError(f"{REVISION_ENV}={override!r}: use 1-40 of [A-Za-z0-9._-]")
-    key = _content_key(target, f"{override}\0{fault}")
+    # The fault's own text is part of the key: a changed fault is never served from the cache.
+    patch = json.dumps(FAULTS.get(fault, {}), sort_keys=True)
+    key = _content_key(target, f"{override}\0{fault}\0{patch}")
     git_revision = override or _git_revision()
     revision = git_revision.split("+")[0][:10]
     release_id = f"{version}-{revision}-{key[:10]}"
