@@ -14,7 +14,7 @@ from pyinfra.operations import apt, files, systemd
 from pyinfra.operations.util import any_changed
 
 from infra.deploys import layout
-from infra.deploys.cutover import RELEASE_DEFAULTS, release_cutover, release_tool
+from infra.deploys.cutover import RELEASE_DEFAULTS, release_cutover, release_tool, settings_cutover
 from infra.deploys.hostops import (
     HostPython,
     PathsFresh,
@@ -170,12 +170,8 @@ def app() -> None:
         restarted=True,
         _if=units_changed,
     )
-    systemd.service(
-        name="Graceful reload (new settings)",
-        service=layout.SERVICE_UNIT,
-        reloaded=True,
-        _if=any_changed(env_changed),
-    )
+    if not switching:  # a cutover re-executes Gunicorn, which reads the new settings then
+        settings_cutover(name="New settings: re-exec, health check", _if=env_changed)
 
 
 def _install_layer(release: Release, layer_dir: str) -> None:
@@ -271,6 +267,7 @@ def _env_file(data, release_dir: str):
             f'runuser -u {layout.SERVICE_USER} -- env PLINTH_ENV_FILE="$CANDIDATE" '
             f"{release_dir}/venv/bin/{layout.APP_NAME} check-config >/dev/null"
         ),
+        previous=layout.ENV_FILE_PREVIOUS,
         **render,
     )
 

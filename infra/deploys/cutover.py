@@ -110,6 +110,14 @@ def release_cutover(release_dir: str):
     yield f"{RELEASE_TOOL} cutover {shlex.quote(release_dir)}"
 
 
+@operation(is_idempotent=False)
+def settings_cutover():
+    """After the env file changed under the same release: Gunicorn re-executed (it reads the
+    file anew), health check through nginx; on failure the previous file back, re-executed and
+    health-checked again, and the deploy fails naming both outcomes."""
+    yield f"{RELEASE_TOOL} reload-settings"
+
+
 class ReleasesByMarker(FactBase):
     """Release dirs holding `marker`, oldest first by the marker's last change: install time
     for the installed marker, the last time it went live for the live one (touched on every

@@ -88,15 +88,22 @@ def role_password(role: str, password_file: str):
 
 @operation(is_idempotent=False)
 def render_with_secret(
-    source: str, secret_file: str, dest: str, placeholder: str, group: str, check: str = ""
+    source: str,
+    secret_file: str,
+    dest: str,
+    placeholder: str,
+    group: str,
+    check: str = "",
+    previous: str = "",
 ):
     """`dest` = `source` with `placeholder` replaced by the secret, 0640 root:`group`, written
     atomically by python3 on the host (the secret never leaves the host). `check`, a shell
     command, is run first on the candidate file (its path in $CANDIDATE): when it fails, the
-    candidate is removed, `dest` stays as it was and the operation fails with its output."""
+    candidate is removed, `dest` stays as it was and the operation fails with its output.
+    `previous`: where the file being replaced is kept (0640 root:root)."""
     script = (
-        "import grp, os, subprocess, sys\n"
-        "src, secret, dest, mark, group, check = sys.argv[1:]\n"
+        "import grp, os, shutil, subprocess, sys\n"
+        "src, secret, dest, mark, group, check, previous = sys.argv[1:]\n"
         "text = open(src).read().replace(mark, open(secret).read().strip())\n"
         "tmp = dest + '.tmp'\n"
         "fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)\n"
@@ -105,9 +112,11 @@ def render_with_secret(
         "env = {**os.environ, 'CANDIDATE': tmp}\n"
         "if check and subprocess.run(check, shell=True, env=env).returncode:\n"
         "    os.unlink(tmp); sys.exit(f'{dest} left as it was: the new one fails its check')\n"
+        "if previous and os.path.exists(dest):\n"
+        "    shutil.copy2(dest, previous)\n"
         "os.replace(tmp, dest)\n"
     )
-    args = (source, secret_file, dest, placeholder, group, check)
+    args = (source, secret_file, dest, placeholder, group, check, previous)
     yield f"python3 -c {shlex.quote(script)} {' '.join(shlex.quote(a) for a in args)}"
 
 

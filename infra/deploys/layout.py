@@ -27,6 +27,9 @@ LIVE_MARKER = ".live"  # written once a release served healthy: what a rollback 
 CONFIG_DIR = f"/etc/{APP_NAME}"
 ENV_FILE = f"{CONFIG_DIR}/{APP_NAME}.env"  # what the service reads (0640 root:plinth)
 ENV_FILE_SOURCE = f"{CONFIG_DIR}/{APP_NAME}.env.in"  # rendered template, no secret (0600 root)
+# The env file before the last change (0640 root:root): put back when the new one fails its
+# health check (plinth-release reload-settings).
+ENV_FILE_PREVIOUS = f"{ENV_FILE}.previous"
 DB_PASSWORD_FILE = f"{CONFIG_DIR}/database-password"  # service role's, generated (0600 root)
 DB_OWNER_PASSWORD_FILE = f"{CONFIG_DIR}/database-owner-password"  # owner role's (0600 root)
 DB_PASSWORD_PLACEHOLDER = "@PLINTH_DATABASE_PASSWORD@"  # noqa: S105 (a marker, not a secret)
