@@ -171,7 +171,7 @@ def app() -> None:
         _if=units_changed,
     )
     if not switching:  # a cutover re-executes Gunicorn, which reads the new settings then
-        settings_cutover(name="New settings: re-exec, health check", _if=env_changed)
+        settings_cutover(name="New settings: re-exec, health check", _if=any_changed(env_changed))
 
 
 def _install_layer(release: Release, layer_dir: str) -> None:
