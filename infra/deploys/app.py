@@ -146,8 +146,16 @@ def app() -> None:
         condition = {} if switching else {"_if": any_changed(installed, env_changed)}
         migrate(data, release_dir, owner_url, **condition)
     release_tool()
-    # Switch, re-exec Gunicorn from `current`, health check through nginx; else switch back.
-    release_cutover(name=f"Cutover: current -> {release.release_id}", release_dir=release_dir)
+    # Switch, re-exec Gunicorn from `current`, health check through nginx; else switch back,
+    # with the previous settings too when this deploy replaced them.
+    cutover = f"Cutover: current -> {release.release_id}"
+    release_cutover(name=cutover, release_dir=release_dir, _if=env_changed.did_not_change)
+    release_cutover(
+        name=f"{cutover} (and new settings)",
+        release_dir=release_dir,
+        settings_changed=True,
+        _if=env_changed.did_change,
+    )
 
     _prune(data, release_dir, artifact, current, release.deps_key)
 

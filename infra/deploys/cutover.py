@@ -101,13 +101,17 @@ def deploy_lock() -> None:
 
 
 @operation()
-def release_cutover(release_dir: str):
-    """`current` -> `release_dir`, live and healthy, or the deploy fails and the old serves."""
+def release_cutover(release_dir: str, settings_changed: bool = False):
+    """`current` -> `release_dir`, live and healthy, or the deploy fails and the old serves.
+    `settings_changed`: this deploy replaced the env file too, so a switch back puts the
+    previous settings back with the previous release (the old release may not serve with the
+    new ones)."""
     current = host.get_fact(Link, path=layout.CURRENT_LINK)
     if current and current.get("link_target") == release_dir:
         host.noop(f"{layout.CURRENT_LINK} -> {release_dir}")
         return
-    yield f"{RELEASE_TOOL} cutover {shlex.quote(release_dir)}"
+    with_settings = " --with-settings" if settings_changed else ""
+    yield f"{RELEASE_TOOL} cutover {shlex.quote(release_dir)}{with_settings}"
 
 
 @operation(is_idempotent=False)

@@ -245,23 +245,35 @@ def test_a_rollback_across_an_expand_migration_serves_with_zero_failed_requests(
         psql(rehearsal, f"UPDATE {VERSION_TABLE} SET version_num = '{head}'")  # noqa: S608
 
 
-def test_settings_that_fail_the_health_check_are_put_back(first_deploy, rehearsal):
+@pytest.mark.parametrize("with_release", [False, True], ids=["alone", "with-a-new-release"])
+def test_settings_that_fail_the_health_check_are_put_back(first_deploy, rehearsal, with_release):
     """A setting the service accepts but cannot serve with (a database URL to a port nothing
-    listens on): the deploy re-executes Gunicorn with it, the health check fails (/readyz
-    503), the previous env file comes back and serves again, and the deploy fails naming both;
-    GET /version meanwhile never fails. The inventory's own settings deploy again after."""
-    env_file = ssh(rehearsal, f"sha256sum {layout.ENV_FILE}")
+    listens on), alone or with a new release: the health check fails (/readyz 503), the
+    previous settings (and release) come back and serve again, and the deploy fails naming
+    both; GET /version meanwhile never fails. The inventory's own settings deploy again after."""
+    assert run_deploy().returncode == 0  # the tree's own release, the inventory's settings
+    env_file, before = ssh(rehearsal, f"sha256sum {layout.ENV_FILE}"), current_release(rehearsal)
     unreachable = {"DATABASE_URL": "postgresql+psycopg://plinth:unreachable-db@127.0.0.1:1/plinth"}
-    with Traffic(rehearsal) as traffic:
-        run = run_deploy("--data", f"app_extra_env={json.dumps(unreachable)}")
+    if with_release:
+        os.environ["PLINTH_RELEASE_REVISION"] = "test-bad-settings"
+    try:
+        with Traffic(rehearsal) as traffic:
+            run = run_deploy("--data", f"app_extra_env={json.dumps(unreachable)}")
+    finally:
+        os.environ.pop("PLINTH_RELEASE_REVISION", None)
     assert run.returncode != 0
     lines = [line for line in run.stderr.splitlines() if "plinth-release: error:" in line]
     assert len(lines) == 1, run.stderr[-3000:]
-    assert "new settings: health check through nginx" in lines[0], lines[0]
-    assert "readyz: HTTP 503" in lines[0], lines[0]
-    assert "the previous settings are back and serve again" in lines[0], lines[0]
+    assert "health check through nginx" in lines[0] and "readyz: HTTP 503" in lines[0], lines[0]
+    if with_release:
+        back = f"rolled back to {before.rsplit('/', 1)[-1]} with the previous settings"
+        assert f"{back}, which serves again" in lines[0], lines[0]
+    else:
+        assert "new settings: " in lines[0], lines[0]
+        assert "the previous settings are back and serve again" in lines[0], lines[0]
     assert traffic.failures == [], traffic.failures[:5]
     assert ssh(rehearsal, f"sha256sum {layout.ENV_FILE}") == env_file
+    assert current_release(rehearsal) == before
     assert https_status(rehearsal, "/readyz") == 200
     again = run_deploy()
     assert again.returncode == 0, again.stderr[-2000:]
