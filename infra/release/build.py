@@ -29,6 +29,9 @@ from service.migrations import head_revision  # the release's migrations are thi
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE_DIR = REPO / ".cache" / "releases"
+# The uv that runs this deploy (`uv run` exports its own path as UV): a machine that has uv only
+# in the project's .cache/tools, not on PATH, builds with it too.
+UV = os.environ.get("UV", "uv")
 # What the service's wheel and its dependencies are made of.
 SOURCE_PATHS = ("pyproject.toml", "uv.lock", "README.md", "service")
 # In a release's site-packages: the path of its dependency layer's site-packages.
@@ -129,7 +132,12 @@ class Release:
 
 
 def _run(args: list[str], cwd: Path = REPO) -> str:
-    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    try:
+        result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    except FileNotFoundError as error:  # no uv: one line, not a traceback
+        raise ReleaseBuildError(
+            f"{error.filename} not found: run through `uv run` (make does)"
+        ) from None
     if result.returncode != 0:
         last = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["failed"]
         raise ReleaseBuildError(f"`{' '.join(args[:3])} ...` failed: {last[0]}")
@@ -172,7 +180,7 @@ def _git_revision() -> str:
 def _pip() -> list[str]:
     """pip from this interpreter if it has one, else uv's tool runner."""
     probe = subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True)
-    return [sys.executable, "-m", "pip"] if probe.returncode == 0 else ["uvx", "pip"]
+    return [sys.executable, "-m", "pip"] if probe.returncode == 0 else [UV, "tool", "run", "pip"]
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, payload: bytes, mtime: int) -> None:
@@ -218,7 +226,7 @@ def _prune_cache(keep: int) -> None:
 def _requirements() -> str:
     return _run(
         [
-            "uv",
+            UV,
             "export",
             "--frozen",
             "--no-dev",
@@ -302,7 +310,7 @@ def _build(
                 with (source / path).open("a") as patched:
                     patched.write(text.replace("@HEAD@", head_revision() or ""))
         wheel_dir = Path(tmp) / "wheel"
-        _run(["uv", "build", "--wheel", "--out-dir", str(wheel_dir)], cwd=source)
+        _run([UV, "build", "--wheel", "--out-dir", str(wheel_dir)], cwd=source)
         (wheel,) = wheel_dir.glob("*.whl")
         build_time = datetime.now(UTC).replace(microsecond=0).isoformat()
         info = {**labels, "build_time": build_time, "python": target.python, "deps": deps_key}

@@ -11,7 +11,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from infra.release.build import CACHE_DIR, LAYER_PTH, Release, Target
+from infra.release.build import CACHE_DIR, LAYER_PTH, UV, Release, Target
 
 PROBE = r"""
 import asyncio, json, os
@@ -67,12 +67,12 @@ def preflight(release: Release, target: Target) -> None:
         # As on the host: a clean venv holding only the app, which finds its dependency layer
         # through a .pth file.
         venv = root / "venv"
-        _run(["uv", "venv", "--quiet", "--python", sys.executable, str(venv)], "virtualenv")
+        _run([UV, "venv", "--quiet", "--python", sys.executable, str(venv)], "virtualenv")
         (venv / site / LAYER_PTH).write_text(f"{deps / site}\n")
         wheel = next((root / "release").glob("plinth-*.whl"))
         _run(
             [
-                "uv", "pip", "install", "--quiet", "--offline", "--no-index", "--no-deps",
+                UV, "pip", "install", "--quiet", "--offline", "--no-index", "--no-deps",
                 "--python", str(venv / "bin" / "python"), str(wheel),
             ],
             "install the release into a clean virtualenv",
@@ -92,11 +92,11 @@ def _layer_venv(release: Release) -> Path:
     with tempfile.TemporaryDirectory(prefix="plinth-preflight-layer-") as tmp:
         with tarfile.open(release.deps_artifact) as tar:
             tar.extractall(tmp, filter="data")
-        _run(["uv", "venv", "--quiet", "--python", sys.executable, str(layer)], "virtualenv")
+        _run([UV, "venv", "--quiet", "--python", sys.executable, str(layer)], "virtualenv")
         _run(
             [
                 # Compiled once here: the probe then imports in a fraction of the time.
-                "uv", "pip", "install", "--quiet", "--offline", "--no-index", "--compile-bytecode",
+                UV, "pip", "install", "--quiet", "--offline", "--no-index", "--compile-bytecode",
                 "--python", str(layer / "bin" / "python"),
                 "--find-links", str(Path(tmp) / "wheels"),
                 "-r", str(Path(tmp) / "requirements.txt"),

@@ -86,6 +86,14 @@ def deploy_revision(revision: str, entry: str = SITE, **env: str):
             os.environ.pop(key, None)
 
 
+def deployed(revision: str, entry: str = SITE, **env: str):
+    """deploy_revision, for a step that must succeed: a failure names the deploy's own error
+    instead of surfacing later as a wrong release."""
+    run = deploy_revision(revision, entry=entry, **env)
+    assert run.returncode == 0, f"deploy of {revision} failed:\n{run.stderr[-3000:]}"
+    return run
+
+
 def ssh(rehearsal, command: str) -> str:
     result = subprocess.run(ssh_argv(rehearsal, command), capture_output=True, text=True)
     return result.stdout.strip()
@@ -167,7 +175,7 @@ def test_a_schema_not_known_to_be_at_the_release_head_is_migrated(first_deploy, 
 
 
 def test_a_release_that_fails_readiness_is_rolled_back(first_deploy, rehearsal):
-    deploy_revision("test-one")
+    deployed("test-one")
     before = current_release(rehearsal)
     with Traffic(rehearsal) as traffic:
         run = deploy_revision("test-broken", PLINTH_RELEASE_FAULT="readyz")
@@ -202,8 +210,8 @@ def rollback_under_traffic(rehearsal) -> tuple[Traffic, Traffic]:
 
 
 def test_rollback_goes_to_the_previous_release_with_zero_failed_requests(first_deploy, rehearsal):
-    deploy_revision("test-one")
-    deploy_revision("test-two")
+    deployed("test-one")
+    deployed("test-two")
     traffic, after = rollback_under_traffic(rehearsal)
     assert traffic.failures == [], traffic.failures[:5]
     assert set(after.revisions) == {"test-one"}, after.revisions
@@ -224,7 +232,7 @@ def test_a_rollback_across_an_expand_migration_serves_with_zero_failed_requests(
     schema_at = f"SELECT version_num FROM {VERSION_TABLE}"  # noqa: S608 (ours)
     head = psql(rehearsal, schema_at)
     try:
-        assert deploy_revision("test-before-expand").returncode == 0
+        deployed("test-before-expand")
         before = current_release(rehearsal)
         expanded = deploy_revision("test-expand", PLINTH_RELEASE_FAULT="expand")
         assert expanded.returncode == 0, expanded.stderr[-2000:]
@@ -282,7 +290,7 @@ def test_settings_that_fail_the_health_check_are_put_back(first_deploy, rehearsa
 def test_a_restart_of_the_unit_refuses_no_request(first_deploy, rehearsal):
     """After a cutover too, when systemd's main PID is the re-executed master it did not
     fork: every process is stopped gracefully (TERM, in-flight requests finish), none KILLed."""
-    assert deploy_revision("test-restart").returncode == 0
+    deployed("test-restart")
     since = ssh(rehearsal, "date +%s")
     with Traffic(rehearsal) as traffic:
         ssh(rehearsal, f"systemctl restart {layout.SERVICE_UNIT}")
@@ -297,7 +305,7 @@ def test_a_restart_of_the_unit_refuses_no_request(first_deploy, rehearsal):
 
 def test_pruning_keeps_five_releases_and_never_the_running_one(first_deploy, rehearsal):
     for n in range(2):  # the tests before left at least 4 releases
-        assert deploy_revision(f"test-prune-{n}").returncode == 0
+        deployed(f"test-prune-{n}")
     releases = ssh(rehearsal, f"ls {layout.RELEASES_DIR}").split()
     assert len(releases) == 5, releases
     assert current_release(rehearsal).rsplit("/", 1)[-1] in releases
@@ -306,9 +314,9 @@ def test_pruning_keeps_five_releases_and_never_the_running_one(first_deploy, reh
 def test_releases_share_one_dependency_layer_and_unused_layers_go(first_deploy, rehearsal):
     stale = f"{layout.DEPS_DIR}/0123456789abcdef"  # as a lock no release uses any more leaves
     ssh(rehearsal, f"mkdir -p {stale}/venv && touch {stale}/{layout.INSTALLED_MARKER}")
-    assert deploy_revision("test-layer-a").returncode == 0
+    deployed("test-layer-a")
     first = current_release(rehearsal)
-    assert deploy_revision("test-layer-b").returncode == 0
+    deployed("test-layer-b")
     second = current_release(rehearsal)
     assert first != second
     layers = ssh(rehearsal, f"ls {layout.DEPS_DIR}").split()
@@ -346,7 +354,7 @@ def test_a_second_deploy_fails_naming_the_lock_holder_until_it_is_broken(first_d
 
 
 def test_an_unchanged_deploy_is_a_no_op(first_deploy):
-    deploy_revision("test-idem")
+    deployed("test-idem")
     run = deploy_revision("test-idem")
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.totals["success"] == 0
