@@ -53,6 +53,10 @@ POSTGRES_DEFAULTS = {
 # another user shows the cluster as unknown.
 CLUSTER_CONFIG_FILES = ("postgresql.conf", "pg_ctl.conf", "start.conf", "pg_ident.conf")
 CONFIG_FILE_MODE = "640"
+# Debian's unix socket directory. The db host checks a role's password through it (pg_hba.conf
+# admits the roles there with scram-sha-256): it exists whatever db_listen_addresses and
+# db_client_networks say, where 127.0.0.1 may not listen or be admitted.
+SOCKET_DIR = "/run/postgresql"
 
 
 def postgres_version() -> str:
@@ -159,7 +163,7 @@ def _password_generated_on_the_host(data, role: str, password_file: str) -> None
         password_file=password_file,
         role=role,
         database=data.db_name,
-        db_host="127.0.0.1",
+        db_host=SOCKET_DIR,
         db_port=data.db_port,
     )
     # A role that does not log in with its file yet (new, or a changed file) gets it now.

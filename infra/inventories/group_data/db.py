@@ -7,4 +7,5 @@ another host than the service, set in host data:
   80 and 443 (open to everyone: pg_hba.conf then admits only db_client_networks, with
   scram-sha-256);
 - the service's password, generated on the app host, copied to the db host's
-  /etc/plinth/database-password before the db host's deploy."""
+  /etc/plinth/database-password before the db host's deploy.
+tests/infra/test_database_over_the_network.py plays the network part of this on one host."""
