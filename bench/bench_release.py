@@ -10,9 +10,14 @@
 2. Steady-state throughput of GET /healthz and of a prediction through nginx with TLS, each as
    a ratio to the same request sent straight to Gunicorn's unix socket. Both paths are driven
    on the host by the same client (bench/loadgen.py, shipped over SSH), so only the path
-   differs; the client shares the host's cores with nginx and Gunicorn, so its own TLS work
-   counts against the nginx path too. Target: at least 70%. Each path's CPU per request on the
-   host, by process and without the client's, shows where the difference goes.
+   differs. Target: at least 70%. Measured twice:
+   - "client on the host's cores": the client shares the cores with nginx and Gunicorn, so
+     its own TLS work counts against the nginx path too;
+   - "client on a core of its own": every process of the host is pinned to the other cores
+     (sched_setaffinity, taskset) and the client to the last one, as a remote client leaves
+     the server its cores; the server has one core less. Pinning is undone afterwards.
+   Each path's CPU per request on the host, by process and without the client's, shows where
+   the difference goes.
 
 Uses the rehearsal host named by PLINTH_REHEARSAL_HOST_JSON or PLINTH_REHEARSAL_DIR (as the
 tests do); boots one (and removes it afterwards) when there is none.
@@ -157,6 +162,8 @@ def loadgen(rehearsal, target: str, method: str, path: str, body: str, args) -> 
         "python3", "-", target, method, path, "--host", args.domain,
         "--connections", str(args.connections), "--seconds", str(args.seconds),
     ]  # fmt: skip
+    if args.client_cpu is not None:
+        remote = ["taskset", "-c", str(args.client_cpu), *remote]
     if body:
         remote += ["--body", body]
     run = subprocess.run(
@@ -181,7 +188,36 @@ def cpu_split(runs: list[dict]) -> tuple[float, str]:
     return total, f"{parts} = {total:.0f} µs (client {client:.0f} µs)"
 
 
-def throughput_ratios(rehearsal, args) -> list[tuple[str, str, str]]:
+def pin_every_process(rehearsal, cpus: str) -> None:
+    """Every process of the host (threads too, PID 1 included, so what it starts later
+    inherits it) allowed on `cpus` only; kernel threads are not the host's and stay as
+    they are."""
+    pin = f"for p in /proc/[0-9]*; do taskset -a -p -c {cpus} ${{p#/proc/}} >/dev/null 2>&1; done"
+    subprocess.run(ssh_argv(rehearsal, pin + "; true"), check=True, capture_output=True)
+
+
+def host_cores(rehearsal) -> int:
+    run = subprocess.run(ssh_argv(rehearsal, "nproc --all"), capture_output=True, text=True)
+    return int(run.stdout.strip() or 1)
+
+
+def throughput_ratios_by_placement(rehearsal, args) -> list[tuple[str, str, str]]:
+    """The ratios with the client on the host's cores, then on a core of its own."""
+    args.client_cpu = None
+    rows = throughput_ratios(rehearsal, args, "client on the host's cores")
+    cores = host_cores(rehearsal)
+    if cores < 2:
+        return [*rows, ("client on a core of its own", "not measured: the host has 1 core", "")]
+    args.client_cpu = cores - 1
+    pin_every_process(rehearsal, f"0-{cores - 2}")
+    try:
+        rows += throughput_ratios(rehearsal, args, "client on a core of its own")
+    finally:
+        pin_every_process(rehearsal, f"0-{cores - 1}")
+    return rows
+
+
+def throughput_ratios(rehearsal, args, placement: str) -> list[tuple[str, str, str]]:
     args.domain = rehearsal["domain"]
     via_nginx = f"tls:127.0.0.1:443:{args.domain}"
     direct = f"unix:{layout.SOCKET_PATH}"
@@ -190,7 +226,8 @@ def throughput_ratios(rehearsal, args) -> list[tuple[str, str, str]]:
         "POST predict": ("POST", "/v1/models/iris/predict", json.dumps(PREDICTION)),
     }
     rows = []
-    for name, (method, path, body) in requests.items():
+    for request, (method, path, body) in requests.items():
+        name = f"{request} ({placement})"
         results = {via_nginx: [], direct: []}
         for round_ in range(args.rounds):  # A B B A ...: a drift in the machine's load hits both
             for target in (direct, via_nginx)[:: 1 if round_ % 2 == 0 else -1]:
@@ -243,7 +280,7 @@ def main() -> int:
         rows = [
             *release_under_load(rehearsal, RELEASE_ENTRY, "release (release.py)"),
             *release_under_load(rehearsal, SITE_ENTRY, "release in the whole deploy (site.py)"),
-            *throughput_ratios(rehearsal, args),
+            *throughput_ratios_by_placement(rehearsal, args),
         ]
         load_after = load()
     finally:

@@ -43,6 +43,7 @@ REVISION_ENV = "PLINTH_RELEASE_REVISION"
 # Test only: a release with a fault, built from a patched copy of the tree. "readyz": its
 # /readyz always answers 503 (a broken release). "expand": one more migration, which adds a
 # nullable column, as a newer release's expand step would (rollbacks across it are tested).
+# "import": the service does not import, which the preflight must stop before the host.
 FAULT_ENV = "PLINTH_RELEASE_FAULT"
 EXPAND_REVISION = "9001_rehearsal_expand"
 _READYZ_FAULT = """
@@ -81,11 +82,16 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_column("predictions", "rehearsal_expand")
 '''
+_IMPORT_FAULT = """
+
+raise ImportError("PLINTH_RELEASE_FAULT=import: this release does not import")
+"""
 # name -> {path in the tree: text appended to it (a new file is made)}
 FAULTS = {
     # Wraps create_app, which every server process calls (plinth serve's workers too).
     "readyz": {"service/app.py": _READYZ_FAULT},
     "expand": {f"service/migrations/versions/{EXPAND_REVISION}.py": _EXPAND_FAULT},
+    "import": {"service/app.py": _IMPORT_FAULT},
 }
 
 

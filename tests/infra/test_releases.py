@@ -174,6 +174,22 @@ def test_a_schema_not_known_to_be_at_the_release_head_is_migrated(first_deploy, 
     assert https_status(rehearsal, "/readyz") == 200
 
 
+def test_a_release_that_does_not_import_stops_before_the_host_is_touched(first_deploy, rehearsal):
+    """The preflight on the control machine installs the artifact into a clean virtualenv,
+    imports it and asks /healthz in process: a release that does not import ends the deploy
+    in one line, and no operation runs on the host."""
+    before = current_release(rehearsal)
+    run = deploy_revision("test-no-import", PLINTH_RELEASE_FAULT="import")
+    assert run.returncode != 0
+    (message,) = [line for line in run.stderr.splitlines() if "pyinfra error" in line]
+    assert "release preflight: import and GET /healthz" in message, message
+    assert "this release does not import" in message, message
+    assert "Starting operation" not in run.stderr, operations_run(run)
+    assert "Traceback" not in run.stderr
+    assert current_release(rehearsal) == before
+    assert "test-no-import" not in ssh(rehearsal, f"ls {layout.RELEASES_DIR}")
+
+
 def test_a_release_that_fails_readiness_is_rolled_back(first_deploy, rehearsal):
     deployed("test-one")
     before = current_release(rehearsal)
