@@ -211,14 +211,19 @@ def test_a_release_that_fails_readiness_is_rolled_back(first_deploy, rehearsal):
     assert https_status(rehearsal, "/readyz") == 200
 
 
-def rollback_under_traffic(rehearsal) -> tuple[Traffic, Traffic]:
-    """`make rollback` under HTTPS traffic; the traffic during it and just after."""
-    env = {**os.environ, "PLINTH_REHEARSAL_HOST_JSON": str(host_json_path())}
+def rollback(**env: str) -> subprocess.CompletedProcess:
+    """`make rollback` (PLINTH_ROLLBACK_TO=... in `env` names the release)."""
+    env = {**os.environ, "PLINTH_REHEARSAL_HOST_JSON": str(host_json_path()), **env}
     args = [sys.executable, "-m", "pyinfra", "-y", "infra/inventories/rehearsal.py"]
+    return subprocess.run(
+        [*args, "infra/deploys/rollback.py"], cwd=REPO, env=env, capture_output=True, text=True
+    )
+
+
+def rollback_under_traffic(rehearsal, **env: str) -> tuple[Traffic, Traffic]:
+    """`make rollback` under HTTPS traffic; the traffic during it and just after."""
     with Traffic(rehearsal) as traffic:
-        run = subprocess.run(
-            [*args, "infra/deploys/rollback.py"], cwd=REPO, env=env, capture_output=True, text=True
-        )
+        run = rollback(**env)
         assert run.returncode == 0, run.stderr[-2000:]
         with Traffic(rehearsal) as after:
             time.sleep(2)
@@ -231,6 +236,28 @@ def test_rollback_goes_to_the_previous_release_with_zero_failed_requests(first_d
     traffic, after = rollback_under_traffic(rehearsal)
     assert traffic.failures == [], traffic.failures[:5]
     assert set(after.revisions) == {"test-one"}, after.revisions
+
+
+def test_rollback_to_a_named_release_serves_it_with_zero_failed_requests(first_deploy, rehearsal):
+    deployed("test-named")
+    named = current_release(rehearsal).rsplit("/", 1)[-1]
+    deployed("test-after-named-1")
+    deployed("test-after-named-2")
+    traffic, after = rollback_under_traffic(rehearsal, PLINTH_ROLLBACK_TO=named)
+    assert traffic.failures == [], traffic.failures[:5]
+    assert set(after.revisions) == {"test-named"}, after.revisions
+    assert current_release(rehearsal) == f"{layout.RELEASES_DIR}/{named}"
+
+
+def test_rollback_to_a_release_not_installed_fails_in_one_line(first_deploy, rehearsal):
+    before = current_release(rehearsal)
+    run = rollback(PLINTH_ROLLBACK_TO="0.1.0-nowhere")
+    assert run.returncode != 0
+    (message,) = [line for line in run.stderr.splitlines() if "pyinfra error" in line]
+    assert "no installed release '0.1.0-nowhere' (installed: " in message, message
+    assert before.rsplit("/", 1)[-1] in message, message  # it lists what there is
+    assert "Starting operation" not in run.stderr
+    assert current_release(rehearsal) == before
 
 
 def psql(rehearsal, sql: str) -> str:
