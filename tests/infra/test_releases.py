@@ -396,6 +396,39 @@ def test_a_second_deploy_fails_naming_the_lock_holder_until_it_is_broken(first_d
         holder.kill()
 
 
+def test_a_deploy_told_to_wait_for_the_lock_goes_on_once_it_is_free(first_deploy, rehearsal):
+    """release_lock_wait: the second deploy waits while the lock is held (it is still running
+    after several seconds), then takes the lock when its holder ends, and succeeds."""
+    release = "/run/plinth-test-lock-release"
+    holder = subprocess.Popen(
+        ssh_argv(
+            rehearsal,
+            f"rm -f {release}; /usr/local/sbin/plinth-release lock-acquire someone-else 0 wait"
+            f" && while [ ! -e {release} ]; do sleep 0.2; done",
+        ),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "ok"
+    env = {**os.environ, "PLINTH_REHEARSAL_HOST_JSON": str(host_json_path())}
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "pyinfra", "-y", "--data", "release_lock_wait=120",
+         "infra/inventories/rehearsal.py", SITE],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(10)
+        assert waiting.poll() is None, waiting.communicate()[1][-2000:]  # still waiting
+        ssh(rehearsal, f"touch {release}")
+        holder.wait(timeout=30)
+        _, stderr = waiting.communicate(timeout=300)
+        assert waiting.returncode == 0, stderr[-2000:]
+    finally:
+        for process in (holder, waiting):
+            process.kill()
+        ssh(rehearsal, f"rm -f {release}")
+
+
 def test_an_unchanged_deploy_is_a_no_op(first_deploy):
     deployed("test-idem")
     run = deploy_revision("test-idem")
