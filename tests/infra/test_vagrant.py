@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import runpy
-import shutil
 import subprocess
 import sys
 import time
@@ -81,8 +80,7 @@ def _tail(result: subprocess.CompletedProcess, lines: int = 40) -> str:
 
 
 def test_vagrantfile_validates(tmp_path):
-    if not shutil.which("vagrant"):
-        pytest.skip("vagrant is not installed (python -m infra.vagrant box installs it)")
+    sandbox.require_tools()  # Debian's vagrant and vagrant-lxc, as the machine tests use
     env = {
         **os.environ,
         "VAGRANT_HOME": str(tmp_path / "home"),
