@@ -35,7 +35,8 @@ DB_CONNECTION_DEFAULTS = {
 
 POSTGRES_DEFAULTS = {
     **DB_CONNECTION_DEFAULTS,
-    # What PostgreSQL listens on: loopback only (its unix socket is always there).
+    # What PostgreSQL listens on: loopback only (its unix socket is always there). Addresses
+    # or host names, as a list or one comma-separated string; "*" is every address.
     "db_listen_addresses": "localhost",
     # Networks allowed to log in as db_user or db_owner over TCP (scram-sha-256); add the app
     # host's address when the database lives on another host.
@@ -59,6 +60,15 @@ CONFIG_FILE_MODE = "640"
 SOCKET_DIR = "/run/postgresql"
 
 
+def listen_addresses(value) -> list[str] | None:
+    """db_listen_addresses as a list of entries (None when it is neither a list nor a string)."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list | tuple):
+        return None
+    return [str(entry).strip() for entry in value]
+
+
 def postgres_version() -> str:
     """Debian's PostgreSQL major version for the host's release (15 on 12, 17 on 13)."""
     release = str((host.get_fact(LinuxDistribution) or {}).get("major"))
@@ -79,7 +89,7 @@ def postgresql() -> None:
         mode=CONFIG_FILE_MODE,
         user="postgres",
         group="postgres",
-        listen_addresses=data.db_listen_addresses,
+        listen_addresses=",".join(listen_addresses(data.db_listen_addresses)),
         port=data.db_port,
         max_connections=data.db_max_connections,
     )

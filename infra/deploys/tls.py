@@ -166,6 +166,13 @@ def tls_settings(data) -> dict:
         # Releases health-check https://<domain>/ and would fail every cutover on this cert.
         _fail(f"tls_domains {settings['domains']!r} must include domain {domain!r}")
     if mode == "self-signed":
+        days = data.get("tls_self_signed_days")
+        if isinstance(days, bool) or not isinstance(days, int) or days <= SELF_SIGNED_RENEW_DAYS:
+            # It is replaced SELF_SIGNED_RENEW_DAYS before it expires: a shorter one, every run.
+            _fail(
+                f"tls_self_signed_days {days!r} must be a whole number above "
+                f"{SELF_SIGNED_RENEW_DAYS} (the certificate is replaced that long before expiry)"
+            )
         return settings
     email = data.get("tls_acme_email")
     if not email or not _EMAIL.match(str(email)):

@@ -14,7 +14,7 @@ from infra.deploys.app import APP_DEFAULTS
 from infra.deploys.base import BASE_DEFAULTS
 from infra.deploys.logcaps import LOGCAPS_DEFAULTS
 from infra.deploys.nginx import NGINX_DEFAULTS
-from infra.deploys.postgres import POSTGRES_DEFAULTS
+from infra.deploys.postgres import POSTGRES_DEFAULTS, listen_addresses
 
 WORKERS_RANGE = range(1, 33)
 _HOSTNAME = re.compile(
@@ -55,7 +55,7 @@ _WORDS = {
     "db_name": (re.compile(r"^[a-z_][a-z0-9_]{0,62}$"), "a plain PostgreSQL name"),
     "nginx_client_max_body_size": (re.compile(r"^[0-9]+[kKmMgG]?$"), "an nginx size, e.g. 1m"),
     "nginx_log_max_size": (re.compile(r"^[0-9]+[kKMG]?$"), "a logrotate size, e.g. 100M"),
-    "nginx_predict_rate": (re.compile(r"^[0-9]+r/[sm]$"), "an nginx rate, e.g. 20r/s"),
+    "nginx_predict_rate": (re.compile(r"^[1-9][0-9]*r/[sm]$"), "an nginx rate, e.g. 20r/s"),
     "timezone": (
         re.compile(r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$"),
         "a zone, e.g. Etc/UTC",
@@ -121,8 +121,7 @@ def check_db_roles(service_role, owner_role) -> None:
 
 def check_number(key: str, value) -> None:
     lowest, highest = _NUMBERS[key]
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
+    # A number, not "16": deploys compute with these (a string would fail there, mid-run).
     if (
         isinstance(value, bool)
         or not isinstance(value, int)
@@ -150,6 +149,19 @@ def check_networks(key: str, value) -> None:
             _fail(f"{key} entry {entry!r} is not an IP address or network")
         if with_prefix and "/" not in str(entry):
             _fail(f"{key} entry {entry!r} needs its prefix length, e.g. {entry}/32")
+
+
+# An address or host name (no quote, space or comma: the entries land in one quoted string).
+_LISTEN_ENTRY = re.compile(r"^(\*|[A-Za-z0-9][A-Za-z0-9.:%-]*)$")
+
+
+def check_listen_addresses(value) -> None:
+    entries = listen_addresses(value)
+    if not entries or not all(_LISTEN_ENTRY.match(entry) for entry in entries):
+        _fail(
+            f"db_listen_addresses {value!r} must be addresses or host names, "
+            'e.g. "localhost" or ["localhost", "10.0.0.5"]'
+        )
 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -205,5 +217,6 @@ def validate() -> None:
         check_word(key, data.get(key))
     for key in _NETWORK_LISTS:
         check_networks(key, data.get(key))
+    check_listen_addresses(data.db_listen_addresses)
     check_extra_env(data.app_extra_env)
     check_distribution()

@@ -24,10 +24,11 @@ _data = {
 }
 # Logs in as the deploy user once it works, as root on a fresh host (whose first deploy creates
 # the deploy user and turns root login off). PLINTH_SSH_USER names another login with sudo
-# (e.g. a cloud image's `admin`).
-_data["deploy_user"] = layout.DEPLOY_USER
+# (e.g. a cloud image's `admin`). The deploy user's name is set here, not in group data: the
+# login has to be chosen before any data is read.
+_data["deploy_user"] = os.environ.get("PLINTH_DEPLOY_USER") or layout.DEPLOY_USER
 try:
-    _data["ssh_user"] = os.environ.get("PLINTH_SSH_USER") or login_user(_data, layout.DEPLOY_USER)
+    _data["ssh_user"] = os.environ.get("PLINTH_SSH_USER") or login_user(_data, _data["deploy_user"])
 except LoginError as error:
     raise InventoryError(f"production host: {error}") from None
 _data["_sudo"] = _data["ssh_user"] != "root"

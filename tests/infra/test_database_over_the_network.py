@@ -23,7 +23,7 @@ SERVICE_ROLE = POSTGRES_DEFAULTS["db_user"]
 def network_data(address: str) -> list[str]:
     data = {
         "db_host": address,
-        "db_listen_addresses": address,
+        "db_listen_addresses": [address],  # a list, as the other address keys
         "db_client_networks": [f"{address}/32"],
         "app_ip_address_allow": [address],
     }

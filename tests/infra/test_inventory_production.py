@@ -65,3 +65,26 @@ def test_production_has_the_rehearsal_s_deploy_release_and_rollback():
         assert shipped == rehearsed.replace(
             "infra/inventories/rehearsal.py", "infra/inventories/production.py"
         )
+
+
+def test_production_deploy_user_is_named_by_the_environment():
+    """PLINTH_DEPLOY_USER names the deploy user (group data cannot: the inventory picks the
+    login before data is read). debug-inventory connects to nothing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLINTH_")}
+    env.update(
+        PLINTH_HOST="192.0.2.1",  # TEST-NET-1: never reached, nothing connects
+        PLINTH_DOMAIN="api.plinth.test",
+        PLINTH_ACME_EMAIL="ops@plinth.test",
+        PLINTH_SSH_USER="admin",
+    )
+    args = [sys.executable, "-m", "pyinfra", "infra/inventories/production.py", "debug-inventory"]
+    seen = {}
+    for deploy_user in (None, "ops"):
+        extra = {"PLINTH_DEPLOY_USER": deploy_user} if deploy_user else {}
+        result = subprocess.run(
+            args, cwd=REPO, env={**env, **extra}, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        (line,) = [x for x in result.stderr.splitlines() if '"deploy_user"' in x]  # pyinfra logs
+        seen[deploy_user] = line.split(":", 1)[1].strip().strip('",')
+    assert seen == {None: "deploy", "ops": "ops"}

@@ -50,6 +50,18 @@ def _assert_refused(run, message: str) -> None:
         pytest.param("nginx_send_timeout=0", "must be a whole number, at least 1", id="timeout"),
         pytest.param("db_name=plinth;drop", "is not a plain PostgreSQL name", id="db-name"),
         pytest.param("nginx_predict_rate=fast", "is not an nginx rate", id="rate"),
+        pytest.param("nginx_predict_rate=0r/s", "is not an nginx rate", id="rate-zero"),
+        pytest.param(  # a string: the nginx deploy computes with it
+            'nginx_upstream_keepalive="16"', "must be a whole number", id="number-as-string"
+        ),
+        pytest.param(
+            'db_listen_addresses=["localhost", "10.0.0.5\'"]',
+            "db_listen_addresses",
+            id="listen-address-quote",
+        ),
+        pytest.param(
+            'db_listen_addresses={"host": "10.0.0.5"}', "must be addresses", id="listen-mapping"
+        ),
         pytest.param("nginx_client_max_body_size=1 GB", "is not an nginx size", id="size"),
         pytest.param("timezone=../../etc/passwd", "is not a zone", id="timezone"),
         pytest.param(

@@ -351,13 +351,18 @@ def test_forced_renewal_new_serial_same_nginx_master_no_failed_request(target, h
             id="domain-not-in-certificate",
         ),
         pytest.param("tls_mode=bogus", "tls_mode 'bogus' is not one of", id="unknown-mode"),
+        pytest.param(  # replaced 30 days before expiry: a 30-day one on every deploy
+            "tls_mode=self-signed tls_self_signed_days=30",
+            "tls_self_signed_days 30 must be a whole number above 30",
+            id="self-signed-too-short",
+        ),
         pytest.param(
             "tls_acme_directory=http://ca.invalid/dir", "is not an https:// URL", id="http-ca"
         ),
     ],
 )
 def test_bad_tls_data_fails_before_any_change_with_one_line(first_deploy, data, line):
-    run = run_deploy("--data", data)
+    run = run_deploy(*(arg for item in data.split(" ") for arg in ("--data", item)))
     assert run.returncode != 0
     errors = [text for text in run.stderr.splitlines() if "pyinfra error" in text]
     assert len(errors) == 1 and line in errors[0], run.stderr[-2000:]
