@@ -17,6 +17,7 @@ from service.api import health, models, predictions
 from service.config import CONFIG_ERROR_EXIT_CODE, ConfigError, Settings, load_settings
 from service.database import async_connector, build_engine, record_loaded_model
 from service.errors import install_exception_handlers
+from service.head import HeadAsGet
 from service.inference_batcher import InferenceBatcher
 from service.logs import configure_logging
 from service.metrics import change_pool_in_use
@@ -104,6 +105,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.known_revisions = known_revisions()
     app.state.release = read_release_info(settings.release_info_file)
     install_exception_handlers(app)
+    app.add_middleware(HeadAsGet)  # inside the request middleware: logs and metrics say HEAD
     app.add_middleware(RequestContextMiddleware)
     # Routes are matched in order, and FastAPI's nested-router matching costs several
     # microseconds per router passed: the hot path (predictions) comes first.

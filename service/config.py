@@ -63,17 +63,17 @@ class Settings(BaseSettings):
     predict_timeout_seconds: float = Field(
         default=2.0, gt=0, le=_MAX_WAIT_SECONDS, allow_inf_nan=False
     )
-    db_pool_size: int = Field(default=5, ge=1)
-    db_max_overflow: int = Field(default=5, ge=0)
+    db_pool_size: int = Field(default=5, ge=1, le=1_000)
+    db_max_overflow: int = Field(default=5, ge=0, le=1_000)
     db_pool_timeout_seconds: float = Field(
         default=5.0, gt=0, le=_MAX_WAIT_SECONDS, allow_inf_nan=False
     )
     db_statement_timeout_ms: int = Field(default=5_000, ge=1, le=_POSTGRESQL_INT_MAX)
-    workers: int = Field(default=2, ge=1)
+    workers: int = Field(default=2, ge=1, le=256)
     bind: str = "127.0.0.1:8000"
-    timeout_seconds: int = Field(default=30, ge=1)
-    graceful_timeout_seconds: int = Field(default=30, ge=1)
-    keepalive_seconds: int = Field(default=5, ge=1)
+    timeout_seconds: int = Field(default=30, ge=1, le=_MAX_WAIT_SECONDS)
+    graceful_timeout_seconds: int = Field(default=30, ge=1, le=_MAX_WAIT_SECONDS)
+    keepalive_seconds: int = Field(default=5, ge=1, le=_MAX_WAIT_SECONDS)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     release_info_file: Path | None = None
 
@@ -154,6 +154,16 @@ def _check_database_url(variable: str, secret: SecretStr | None, *, production: 
         raise ConfigError(variable, "must use the psycopg driver (postgresql+psycopg://...)")
     if url.port is not None and not 1 <= url.port <= 65535:
         raise ConfigError(variable, "has a port outside 1..65535")
+    # The query's parameters go to libpq as they are: a misspelt one (`sslmod`) would refuse
+    # every connection at the first request. libpq's own parser knows the names (psycopg's
+    # make_conninfo asks it); their values are only judged when connecting (/readyz says).
+    import psycopg.conninfo
+
+    for name in url.query:
+        try:
+            psycopg.conninfo.make_conninfo("", **{name: "x"})
+        except psycopg.ProgrammingError:
+            raise ConfigError(variable, f"has an unknown connection parameter {name!r}") from None
     if production and (
         (url.password is not None and _PLACEHOLDER.search(url.password))
         or _PLACEHOLDER_ANYWHERE.search(raw)

@@ -16,10 +16,13 @@ from service.config import Settings
 from service.tables import Prediction, RegisteredModel
 
 
-def _connect_args(settings: Settings) -> dict[str, Any]:
-    """What every connection of the service sets, pooled or the prediction writer's."""
+def _connect_args(settings: Settings, url_options: str | None = None) -> dict[str, Any]:
+    """What every connection of the service sets, pooled or the prediction writer's. The URL's
+    own `options` (e.g. a search_path) are kept: libpq takes one options string, so ours go
+    after them rather than in their place."""
+    ours = f"-c statement_timeout={settings.db_statement_timeout_ms}"
     return {
-        "options": f"-c statement_timeout={settings.db_statement_timeout_ms}",
+        "options": f"{url_options} {ours}" if url_options else ours,
         # Without it an unreachable host blocks a request for the kernel's TCP timeout;
         # reuse the pool wait: both bound "how long may getting a connection take".
         "connect_timeout": max(1, math.ceil(settings.db_pool_timeout_seconds)),
@@ -31,8 +34,9 @@ def build_engine(
     settings: Settings, *, on_pool_change: Callable[[int], None] | None = None
 ) -> Engine:
     """A pooled engine whose size, wait and per-statement limits come from settings."""
+    url = settings.sqlalchemy_url()
     engine = create_engine(
-        settings.sqlalchemy_url(),
+        url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_seconds,
@@ -40,7 +44,7 @@ def build_engine(
         # on checkout so the service recovers without a restart.
         pool_pre_ping=True,
         pool_recycle=1800,
-        connect_args=_connect_args(settings),
+        connect_args=_connect_args(settings, url.query.get("options")),
     )
     if on_pool_change is not None:
         event.listen(engine, "checkout", lambda *_: on_pool_change(+1))
@@ -52,22 +56,35 @@ def build_engine(
 class DatabaseState:
     revision: str | None  # Alembic's, None for an empty database
     read_only: bool  # a standby (after a fail-over) or default_transaction_read_only = on
+    # The grants the API needs on the predictions table (stores, reads back) that this role
+    # lacks, e.g. ["INSERT"]; empty when the table is not there yet (migrations say so).
+    missing_grants: tuple[str, ...] = ()
+
+
+_NEEDED_GRANTS = ("INSERT", "SELECT")
 
 
 def database_state(engine: Engine) -> DatabaseState:
-    """Alembic's revision and whether the database takes writes (it answers reads on a standby
-    while every prediction would fail); a real round trip, so it doubles as a ping."""
+    """Alembic's revision and whether the database takes writes (it answers reads on a standby,
+    or to a role that lost its grants, while every prediction would fail); a real round trip,
+    so it doubles as a ping."""
+    grants = ", ".join(
+        f"has_table_privilege(to_regclass('{Prediction.__tablename__}'), '{grant}')"
+        for grant in _NEEDED_GRANTS
+    )
     with engine.connect() as connection:
-        exists, read_only = connection.execute(
+        exists, read_only, *granted = connection.execute(
             text(
                 "SELECT to_regclass('alembic_version') IS NOT NULL,"
-                " current_setting('transaction_read_only') = 'on'"
+                f" current_setting('transaction_read_only') = 'on', {grants}"
             )
         ).one()
         revision = None
         if exists:
             revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    return DatabaseState(revision=revision, read_only=read_only)
+    pairs = zip(_NEEDED_GRANTS, granted, strict=True)
+    missing = tuple(grant for grant, has in pairs if has is False)  # None: no table yet
+    return DatabaseState(revision=revision, read_only=read_only, missing_grants=missing)
 
 
 def async_connector(
@@ -78,7 +95,7 @@ def async_connector(
     directory or sslmode in the URL means the same to both)."""
     args, params = engine.dialect.create_connect_args(engine.url)
     params.pop("context", None)  # the sync engine's adapters, not meant for this connection
-    params.update(_connect_args(settings), autocommit=True)
+    params.update(_connect_args(settings, params.get("options")), autocommit=True)
     return lambda: psycopg.AsyncConnection.connect(*args, **params)
 
 

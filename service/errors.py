@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -179,6 +179,20 @@ def install_exception_handlers(app: FastAPI) -> None:
             problem_type="urn:plinth:problem:unstorable-input",
         )
 
+    async def on_database_refusal(request: Request, error: Exception) -> JSONResponse:
+        # Any other error the database or its driver raised: a table that is not there (not
+        # migrated), a grant lost on reads, a connection option libpq refuses. The operator's to
+        # fix, like an outage: 503 with a retry, the classes in the log, no traceback.
+        # SQLAlchemy wraps psycopg's error; the wrapped one is named, and judged as when raised
+        # directly where that matters (input the database cannot store).
+        cause = getattr(error, "orig", None) or error
+        if isinstance(cause, psycopg.DataError):
+            return await on_unstorable_input(request, cause)
+        logger.error("database error: %s (%s)", type(error).__name__, type(cause).__name__)
+        return database_unavailable_response(
+            request.url.path, "the database cannot serve this request now; retry later"
+        )
+
     async def on_unexpected(request: Request, error: Exception) -> JSONResponse:
         return internal_error_response(request.url.path)
 
@@ -197,6 +211,9 @@ def install_exception_handlers(app: FastAPI) -> None:
     for refused in WRITES_REFUSED:
         app.add_exception_handler(refused, on_writes_refused)
     app.add_exception_handler(psycopg.DataError, on_unstorable_input)
+    # The most specific class registered handles an error, so these only catch the rest.
+    for database_error in (DBAPIError, psycopg.Error):
+        app.add_exception_handler(database_error, on_database_refusal)
     app.add_exception_handler(Exception, on_unexpected)
 
 

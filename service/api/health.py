@@ -58,11 +58,17 @@ def readyz(request: Request) -> Readiness:
         checks["database"] = f"failed: {type(error).__name__}"
         checks["migrations"] = "unknown: database unavailable"
     else:
-        checks["database"] = (
-            "failed: read-only (a standby, or default_transaction_read_only is on)"
-            if database.read_only
-            else "ok"
-        )
+        if database.read_only:
+            checks["database"] = (
+                "failed: read-only (a standby, or default_transaction_read_only is on)"
+            )
+        elif database.missing_grants:
+            checks["database"] = (
+                f"failed: this role lacks {' and '.join(database.missing_grants)} on predictions"
+                " (grants)"
+            )
+        else:
+            checks["database"] = "ok"
         checks["migrations"] = _migrations_check(
             database.revision, state.head_revision, state.known_revisions
         )

@@ -32,8 +32,13 @@ url = config.attributes.get("url")
 if url is None:
     raise RuntimeError("run migrations through `plinth migrate` (it supplies the database URL)")
 
-# NullPool: a one-shot command must not leave pooled connections behind.
-engine = create_engine(url, poolclass=pool.NullPool)
+# NullPool: a one-shot command must not leave pooled connections behind. A connect timeout:
+# without one, a host that accepts and never answers holds the deploy for the kernel's TCP
+# timeout (the service bounds its own connects the same way).
+CONNECT_TIMEOUT_SECONDS = 10
+engine = create_engine(
+    url, poolclass=pool.NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+)
 with engine.connect() as connection:
     context.configure(
         connection=connection,

@@ -214,6 +214,22 @@ def test_unknown_route_and_wrong_method(client: TestClient) -> None:
     assert client.delete("/healthz").headers["allow"] == "GET"
 
 
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/version", "/v1/models"])
+def test_head_answers_as_get_without_a_body(client: TestClient, path: str) -> None:
+    """RFC 9110: HEAD wherever GET is served (uptime probes use it); same status and headers."""
+    get, head = client.get(path), client.head(path)
+    assert (head.status_code, get.status_code) == (200, 200)
+    assert head.content == b""
+    assert head.headers["content-length"] == get.headers["content-length"]
+    assert head.headers["content-type"] == get.headers["content-type"]
+
+
+def test_head_of_a_post_only_route_is_405(client: TestClient) -> None:
+    response = client.head("/v1/models/iris/predict")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+
+
 def test_request_id_is_taken_from_header_or_generated(client: TestClient) -> None:
     assert (
         client.get("/healthz", headers={"X-Request-ID": "abc-1"}).headers["x-request-id"] == "abc-1"

@@ -111,6 +111,20 @@ PRODUCTION_CASES = [
         {"PLINTH_DATABASE_URL": GOOD_URL, "PLINTH_BIND": "127.0.0.1:http"},
         "PLINTH_BIND must be host:port, unix:/path or fd://<descriptor number>",
     ),
+    # A misspelt libpq parameter refused every connection at the first request (a 500).
+    (
+        {"PLINTH_DATABASE_URL": GOOD_URL + "?sslmod=require"},
+        "PLINTH_DATABASE_URL has an unknown connection parameter 'sslmod'",
+    ),
+    # A huge number overflowed in Gunicorn's master (its main loop died, then the service).
+    (
+        {"PLINTH_DATABASE_URL": GOOD_URL, "PLINTH_TIMEOUT_SECONDS": "1" + "0" * 400},
+        "PLINTH_TIMEOUT_SECONDS input should be less than or equal to 3600",
+    ),
+    (
+        {"PLINTH_DATABASE_URL": GOOD_URL, "PLINTH_WORKERS": "100000"},
+        "PLINTH_WORKERS input should be less than or equal to 256",
+    ),
 ]
 
 

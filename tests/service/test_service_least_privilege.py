@@ -4,6 +4,7 @@ serving works with the row grants alone, and the service role cannot change the 
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import subprocess
 import uuid
@@ -144,3 +145,61 @@ def test_the_service_role_cannot_change_the_schema(two_roles: TwoRoles, statemen
         pytest.raises(psycopg.errors.InsufficientPrivilege),
     ):
         connection.execute(statement)
+
+
+@pytest.mark.parametrize("grant", ["INSERT", "SELECT"])
+def test_a_role_that_lost_a_grant_is_not_ready_and_gets_503s(two_roles: TwoRoles, grant: str):
+    """Readiness checks the grants the API needs, not only that the database answers; the
+    request that needs the lost grant gets a 503 problem with a retry, never a 500."""
+    assert two_roles.migrate_as_owner.returncode == 0
+    service_role = make_url(two_roles.service_url).username
+    settings = Settings(environment="testing", database_url=two_roles.service_url, models=["iris"])
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        stored = client.post("/v1/models/iris/predict", json={"inputs": [IRIS_INPUT]})
+        assert stored.status_code == 200, stored.text
+        prediction_id = stored.json()["predictions"][0]["id"]
+        with psycopg.connect(libpq(two_roles.owner_url), autocommit=True) as connection:
+            connection.execute(f"REVOKE {grant} ON predictions FROM {service_role}")
+        try:
+            ready = client.get("/readyz")
+            assert ready.status_code == 503
+            expected = f"failed: this role lacks {grant} on predictions (grants)"
+            assert ready.json()["checks"]["database"] == expected
+            refused = (
+                client.post("/v1/models/iris/predict", json={"inputs": [IRIS_INPUT]})
+                if grant == "INSERT"
+                else client.get(f"/v1/predictions/{prediction_id}")
+            )
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert refused.headers["retry-after"].isdigit()
+        finally:
+            with psycopg.connect(libpq(two_roles.owner_url), autocommit=True) as connection:
+                connection.execute(f"GRANT {grant} ON predictions TO {service_role}")
+        assert client.get("/readyz").status_code == 200
+
+
+def test_the_url_s_own_options_are_kept(two_roles: TwoRoles):
+    """libpq takes one `options` string: the service's statement timeout goes after the URL's
+    (a search_path, say) instead of replacing them, as `plinth migrate` keeps them too."""
+    from service.database import async_connector, build_engine
+
+    url = f"{two_roles.service_url}?options=-csearch_path%3Dplinth_elsewhere"
+    settings = Settings(environment="testing", database_url=url, db_statement_timeout_ms=1234)
+    engine = build_engine(settings)
+    try:
+        with engine.connect() as connection:
+            shown = connection.exec_driver_sql("SHOW search_path").scalar()
+            timeout = connection.exec_driver_sql("SHOW statement_timeout").scalar()
+        assert (shown, timeout) == ("plinth_elsewhere", "1234ms")
+
+        async def writer_settings() -> tuple[str, str]:
+            async with await async_connector(engine, settings)() as connection:
+                cursor = await connection.execute(
+                    "SELECT current_setting('search_path'), current_setting('statement_timeout')"
+                )
+                return await cursor.fetchone()
+
+        assert asyncio.run(writer_settings()) == ("plinth_elsewhere", "1234ms")
+    finally:
+        engine.dispose()

@@ -3,6 +3,7 @@ and with a database a newer release migrated."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from collections.abc import Iterator
 
@@ -81,6 +82,25 @@ def test_migrate_against_a_dead_server_fails_in_one_line() -> None:
     result = subprocess.run(
         ["plinth", "migrate"], env=environment, capture_output=True, text=True, timeout=120
     )
+    assert result.returncode == 1
+    assert result.stderr.startswith("plinth: migration failed: OperationalError")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "hunter2" not in result.stderr
+
+
+def test_migrate_against_a_server_that_never_answers_fails_in_one_line() -> None:
+    """A host that accepts and stays silent (a firewall, a hung server) ends the migration
+    after its connect timeout, instead of holding the deploy for the kernel's TCP timeout."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        environment = subprocess_env(
+            PLINTH_DATABASE_URL=f"postgresql+psycopg://u:hunter2@127.0.0.1:{port}/x"
+        )
+        result = subprocess.run(
+            ["plinth", "migrate"], env=environment, capture_output=True, text=True, timeout=90
+        )
     assert result.returncode == 1
     assert result.stderr.startswith("plinth: migration failed: OperationalError")
     assert len(result.stderr.strip().splitlines()) == 1

@@ -3,6 +3,7 @@ that turned read-only (a fail-over to a standby) is not ready and predictions an
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,3 +83,39 @@ def test_a_read_only_database_is_not_ready_and_predictions_are_503(
             assert response.headers["retry-after"].isdigit()
             assert "writes" in response.json()["detail"]
     assert db.execute("SELECT count(*) FROM predictions").fetchone() == (0,)
+
+
+@pytest.fixture
+def empty_database(database_url: str) -> Iterator[str]:
+    """A database on the test server that nobody migrated (a deploy that skipped it)."""
+    name = f"unmigrated_{secrets.token_hex(4)}"
+    admin = make_url(database_url)
+    postgres = admin.set(database="postgres", drivername="postgresql")
+    with psycopg.connect(postgres.render_as_string(hide_password=False), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        yield admin.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(
+            postgres.render_as_string(hide_password=False), autocommit=True
+        ) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_a_database_that_is_not_migrated_is_not_ready_and_requests_are_503(
+    empty_database: str,
+) -> None:
+    """The tables are missing: readiness names the migrations; a prediction and a read answer
+    503 problems with a retry (they were 500s with a traceback)."""
+    settings = Settings(environment="testing", database_url=empty_database, models=["iris"])
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["migrations"].startswith("failed: at empty database")
+        for response in (
+            client.post("/v1/models/iris/predict", json={"inputs": [IRIS_INPUT]}),
+            client.get("/v1/predictions/00000000-0000-4000-8000-000000000000"),
+        ):
+            assert response.status_code == 503, response.text
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.headers["retry-after"].isdigit()

@@ -1,0 +1,28 @@
+"""HEAD answered as GET without the body (RFC 9110, 9.3.2: every general-purpose server
+supports GET and HEAD). FastAPI's routes list the methods they declare, GET alone, so HEAD
+met a 405, and uptime probes that send HEAD saw the service as down. Pure ASGI, as the request
+middleware; Starlette's plain routes do the same for themselves, FastAPI's API routes do not."""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+class HeadAsGet:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                # The headers (Content-Length too) are GET's; the body is not sent.
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, send_without_body)
