@@ -76,9 +76,18 @@ def test_firewall_leaves_service_ports_open(host, rehearsal, port):
     assert _tcp_open(rehearsal["address"], port)
 
 
+def _sshd_listens_on(host, port: int) -> bool | None:
+    """Whether sshd listens on `port`; None while no SSH login gets through: a reload re-executes
+    sshd, which leaves port 22 closed for a moment (testinfra raises on ssh's 255)."""
+    try:
+        return f":{port}" in host.check_output(f"ss -Hltn 'sport = :{port}'")
+    except RuntimeError:
+        return None
+
+
 def _wait_listening(host, port: int, listening: bool = True) -> None:
     deadline = time.monotonic() + 10
-    while (f":{port}" in host.check_output(f"ss -Hltn 'sport = :{port}'")) != listening:
+    while _sshd_listens_on(host, port) is not listening:
         assert time.monotonic() < deadline, (
             f"sshd never {'opened' if listening else 'closed'} {port}"
         )
@@ -99,9 +108,9 @@ def test_firewall_keeps_every_port_sshd_listens_on_open(host, rehearsal):
         assert _tcp_open(rehearsal["address"], port)
     finally:
         host.run(f"rm -f {dropin} && systemctl reload ssh")
+        _wait_listening(host, port, listening=False)  # and sshd takes logins again
         restored = run_deploy()
     assert restored.returncode == 0, restored.stderr[-2000:]
-    _wait_listening(host, port, listening=False)
     assert str(port) not in host.check_output("nft list ruleset")
     assert _tcp_open(rehearsal["address"], 22)
 
