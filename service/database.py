@@ -57,7 +57,7 @@ class DatabaseState:
     revision: str | None  # Alembic's, None for an empty database
     read_only: bool  # a standby (after a fail-over) or default_transaction_read_only = on
     # The grants the API needs on the predictions table (stores, reads back) that this role
-    # lacks, e.g. ["INSERT"]; empty when the table is not there yet (migrations say so).
+    # lacks, e.g. ("INSERT",); empty when the table is not there yet (migrations say so).
     missing_grants: tuple[str, ...] = ()
 
 
