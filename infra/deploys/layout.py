@@ -48,6 +48,31 @@ NGINX_SNIPPETS = "/etc/nginx/snippets"
 NGINX_APP_LOCATIONS = f"{NGINX_SNIPPETS}/{APP_NAME}-app.conf"
 # Port-80 extras other deploys drop in (the TLS deploy's ACME webroot and its https redirect).
 NGINX_HTTP_EXTRAS_GLOB = f"{NGINX_SNIPPETS}/{APP_NAME}-http-*.conf"
+# The TLS deploy's: the HTTPS server, the security headers every server includes, and port 80's
+# extras (their names match NGINX_HTTP_EXTRAS_GLOB).
+NGINX_TLS_SITE = f"{NGINX_SITE}-tls"
+NGINX_TLS_SITE_ENABLED = f"{NGINX_SITE_ENABLED}-tls"
+NGINX_SECURITY_HEADERS = f"{NGINX_SNIPPETS}/{APP_NAME}-security-headers.conf"
+NGINX_HTTP_SECURITY_HEADERS = f"{NGINX_SNIPPETS}/{APP_NAME}-http-security-headers.conf"
+NGINX_HTTP_ACME_CHALLENGE = f"{NGINX_SNIPPETS}/{APP_NAME}-http-acme-challenge.conf"
+NGINX_HTTP_REDIRECT = f"{NGINX_SNIPPETS}/{APP_NAME}-http-redirect-to-https.conf"
+# Every nginx file plinth writes. When `nginx -t` refuses a deploy's change, these are put back
+# as nginx last accepted them (a copy in NGINX_ACCEPTED_DIR); the refused ones are kept in
+# NGINX_REJECTED_DIR (infra/templates/nginx/plinth-nginx-check.j2).
+NGINX_OWN_FILES = (
+    NGINX_SITE,
+    NGINX_SITE_ENABLED,
+    NGINX_APP_LOCATIONS,
+    NGINX_TLS_SITE,
+    NGINX_TLS_SITE_ENABLED,
+    NGINX_SECURITY_HEADERS,
+    NGINX_HTTP_SECURITY_HEADERS,
+    NGINX_HTTP_ACME_CHALLENGE,
+    NGINX_HTTP_REDIRECT,
+)
+NGINX_ACCEPTED_DIR = f"/var/lib/{APP_NAME}/nginx-accepted"
+NGINX_REJECTED_DIR = f"/var/lib/{APP_NAME}/nginx-rejected"
+NGINX_CHECK_TOOL = f"/usr/local/sbin/{APP_NAME}-nginx-check"
 NGINX_UPSTREAM = f"{APP_NAME}_app"
 NGINX_ACCESS_LOG = f"/var/log/nginx/{APP_NAME}.access.log"
 NGINX_LOG_FORMAT = f"{APP_NAME}_main"

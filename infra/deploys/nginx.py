@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import DeployError, deploy
+from pyinfra.facts.files import Directory
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
@@ -61,6 +62,12 @@ NGINX_DEFAULTS = {
 def nginx() -> None:
     data = host.data
     apt.packages(name="Nginx", packages=["nginx"], no_recommends=True)
+    template(
+        "nginx/plinth-nginx-check.j2",
+        layout.NGINX_CHECK_TOOL,
+        name=f"{layout.NGINX_CHECK_TOOL} (nginx -t; a refused change is put back)",
+        mode="755",
+    )
     changed = [
         files.link(
             name="Default site disabled", path="/etc/nginx/sites-enabled/default", present=False
@@ -96,6 +103,15 @@ def nginx() -> None:
 
 
 def validate_and_reload(changed) -> None:
-    """`nginx -t` first; a reload only when a config file changed and it validated."""
-    server.shell(name="nginx -t", commands=["nginx -t -q"], _if=any_changed(*changed))
-    systemd.service(name="Reload nginx", service="nginx", reloaded=True, _if=any_changed(*changed))
+    """When a config file changed: `nginx -t`, and a reload once it passed. A change nginx
+    refuses is put back to what it last accepted (NGINX_CHECK_TOOL) and the deploy fails, so
+    no file nginx cannot load is left behind for its next start. The check also runs on a
+    host that has no accepted copy yet, so that one exists before any change needs it."""
+    changed_now = any_changed(*changed)
+    no_accepted_copy = not host.get_fact(Directory, path=layout.NGINX_ACCEPTED_DIR)
+    server.shell(
+        name="nginx -t (a refused change is put back)",
+        commands=[layout.NGINX_CHECK_TOOL],
+        _if=lambda: no_accepted_copy or changed_now(),
+    )
+    systemd.service(name="Reload nginx", service="nginx", reloaded=True, _if=changed_now)

@@ -76,13 +76,6 @@ CERTBOT_DROPIN = f"{layout.SYSTEMD_UNIT_DIR}/certbot.service.d/{layout.APP_NAME}
 DEPLOY_HOOK = f"{LETSENCRYPT_DIR}/renewal-hooks/deploy/reload-nginx"
 SELF_SIGNED_DIR = f"/etc/ssl/{layout.APP_NAME}"
 SELF_SIGNED_RENEW_DAYS = 30
-SECURITY_HEADERS = f"{layout.NGINX_SNIPPETS}/{layout.APP_NAME}-security-headers.conf"
-# Port-80 extras: file names match the nginx site's include glob (layout.NGINX_HTTP_EXTRAS_GLOB).
-HTTP_SECURITY_HEADERS = f"{layout.NGINX_SNIPPETS}/{layout.APP_NAME}-http-security-headers.conf"
-HTTP_ACME_CHALLENGE = f"{layout.NGINX_SNIPPETS}/{layout.APP_NAME}-http-acme-challenge.conf"
-HTTP_REDIRECT = f"{layout.NGINX_SNIPPETS}/{layout.APP_NAME}-http-redirect-to-https.conf"
-TLS_SITE = f"{layout.NGINX_SITE}-tls"
-TLS_SITE_ENABLED = f"{layout.NGINX_SITE_ENABLED}-tls"
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _DNS_NAME = re.compile(
@@ -264,7 +257,7 @@ def https_server(cert_path, key_path, **template_data):
     version = host.get_fact(NginxVersion) or (1, 22, 0)
     yield from files.template._inner(
         src=str(TEMPLATES_DIR / "nginx/plinth-tls.conf.j2"),
-        dest=TLS_SITE,
+        dest=layout.NGINX_TLS_SITE,
         mode="644",
         user="root",
         group="root",
@@ -276,10 +269,10 @@ def https_server(cert_path, key_path, **template_data):
         session_tickets_off=version < (1, 23, 2),  # older nginx never rotates the ticket key
         **template_data,
     )
-    yield from files.link._inner(path=TLS_SITE_ENABLED, target=TLS_SITE)
+    yield from files.link._inner(path=layout.NGINX_TLS_SITE_ENABLED, target=layout.NGINX_TLS_SITE)
     yield from files.template._inner(
         src=str(TEMPLATES_DIR / "nginx/https-redirect.conf.j2"),
-        dest=HTTP_REDIRECT,
+        dest=layout.NGINX_HTTP_REDIRECT,
         mode="644",
         user="root",
         group="root",
@@ -294,7 +287,7 @@ def tls() -> None:
     changed = [
         template(
             "nginx/security-headers.conf.j2",
-            SECURITY_HEADERS,
+            layout.NGINX_SECURITY_HEADERS,
             name="Security headers",
             referrer_policy=data.tls_referrer_policy,
             content_security_policy=data.tls_content_security_policy,
@@ -302,16 +295,18 @@ def tls() -> None:
         ),
         template(
             "nginx/http-security-headers.conf.j2",
-            HTTP_SECURITY_HEADERS,
+            layout.NGINX_HTTP_SECURITY_HEADERS,
             name="Security headers on port 80 too",
-            security_headers=SECURITY_HEADERS,
+            security_headers=layout.NGINX_SECURITY_HEADERS,
         ),
     ]
     if mode == "off":
         changed.append(
-            files.link(name="HTTPS server disabled", path=TLS_SITE_ENABLED, present=False)
+            files.link(
+                name="HTTPS server disabled", path=layout.NGINX_TLS_SITE_ENABLED, present=False
+            )
         )
-        for path in (TLS_SITE, HTTP_REDIRECT):
+        for path in (layout.NGINX_TLS_SITE, layout.NGINX_HTTP_REDIRECT):
             changed.append(files.file(name=f"{path} removed", path=path, present=False))
         validate_and_reload(changed)
         return
@@ -345,7 +340,7 @@ def tls() -> None:
             key_path=key_path,
             server_names=settings["domains"],
             hsts=hsts,
-            security_headers=SECURITY_HEADERS,
+            security_headers=layout.NGINX_SECURITY_HEADERS,
             self_signed=mode == "self-signed",
         )
     )
@@ -359,7 +354,7 @@ def _acme_certificate(data, settings, changed) -> tuple[str, str]:
     changed.append(
         template(
             "nginx/acme-challenge.conf.j2",
-            HTTP_ACME_CHALLENGE,
+            layout.NGINX_HTTP_ACME_CHALLENGE,
             name="Port 80 serves the ACME webroot",
             webroot=data.tls_acme_webroot,
         )

@@ -9,7 +9,6 @@ import pytest
 
 from infra.deploys import layout
 from infra.deploys.firewall import NFTABLES_CONF
-from infra.deploys.tls import TLS_SITE
 
 pytestmark = pytest.mark.infra
 
@@ -32,7 +31,7 @@ def test_a_managed_file_changed_by_hand_is_put_back(host, deploy):
         layout.NGINX_SITE: f"echo '# edited by hand' >> {layout.NGINX_SITE}",
         layout.JOURNALD_DROPIN: f"chmod 600 {layout.JOURNALD_DROPIN}",
         NFTABLES_CONF: f"chown nobody {NFTABLES_CONF}",
-        TLS_SITE: f"chgrp nogroup {TLS_SITE}",
+        layout.NGINX_TLS_SITE: f"chgrp nogroup {layout.NGINX_TLS_SITE}",
     }
     wanted = {path: _state(host, path) for path in drifts}
     for command in drifts.values():
