@@ -132,11 +132,41 @@ def _fail(message: str) -> None:
     raise InventoryDataError(f"inventory data for {host.name}: {message}")
 
 
+# A header value as nginx's add_header takes it between double quotes: printable ASCII, no
+# quote or backslash (they would end or escape the string) and no `$` (nginx would read a
+# variable). Anything else would make nginx refuse the file, or send a header nobody set.
+_HEADER_VALUE = re.compile(r"^[ !#%-\[\]-~]*$")
+HEADER_KEYS = ("tls_referrer_policy", "tls_content_security_policy", "tls_permissions_policy")
+# certbot's certificate name and the webroot land in paths and in nginx's files as they are.
+_CERT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_ABSOLUTE_PATH = re.compile(r"^(/[A-Za-z0-9_][A-Za-z0-9._-]*)+$")
+
+
+def _check_common(data) -> None:
+    """The keys every mode uses (the security headers are sent with TLS off too)."""
+    for key in HEADER_KEYS:
+        value = data.get(key)
+        if not isinstance(value, str) or not _HEADER_VALUE.match(value):
+            _fail(f'{key} {value!r} must be printable ASCII without ", \\ or $')
+    max_age = data.get("tls_hsts_max_age")
+    if isinstance(max_age, bool) or not isinstance(max_age, int) or max_age < 0:
+        _fail(f"tls_hsts_max_age {max_age!r} must be a whole number of seconds, 0 or more")
+    if not isinstance(data.get("tls_hsts_include_subdomains"), bool):
+        value = data.get("tls_hsts_include_subdomains")
+        _fail(f"tls_hsts_include_subdomains {value!r} must be true or false")
+    if not isinstance(data.get("tls_cert_name"), str) or not _CERT_NAME.match(data.tls_cert_name):
+        _fail(f"tls_cert_name {data.get('tls_cert_name')!r} must be a plain name, e.g. plinth")
+    webroot = data.get("tls_acme_webroot")
+    if not isinstance(webroot, str) or not _ABSOLUTE_PATH.match(webroot):
+        _fail(f"tls_acme_webroot {webroot!r} must be an absolute path, e.g. /var/www/letsencrypt")
+
+
 def tls_settings(data) -> dict:
     """The TLS data, checked: any bad value stops the run, before any change, with one line."""
     mode = data.get("tls_mode")
     if mode not in TLS_MODES:
         _fail(f"tls_mode {mode!r} is not one of {', '.join(TLS_MODES)}")
+    _check_common(data)
     domains = data.get("tls_domains") or ([data.domain] if data.get("domain") else [])
     if isinstance(domains, str):  # --data tls_domains=a.example,b.example
         domains = domains.replace(",", " ").split()
@@ -178,11 +208,13 @@ def tls_settings(data) -> dict:
         if data.get(key) and not Path(data.get(key)).is_file():
             _fail(f"{key} {data.get(key)} is not a file on this machine")
     root = data.get("tls_acme_root")
-    root_subject = (
-        x509.load_pem_x509_certificate(Path(root).read_bytes()).subject.rfc4514_string()
-        if root
-        else None
-    )
+    root_subject = None
+    if root:
+        try:
+            root_subject = x509.load_pem_x509_certificate(Path(root).read_bytes())
+        except ValueError:
+            _fail(f"tls_acme_root {root} is not a PEM certificate")
+        root_subject = root_subject.subject.rfc4514_string()
     return {**settings, "email": str(email), "directory": directory, "root_subject": root_subject}
 
 

@@ -359,6 +359,20 @@ def test_forced_renewal_new_serial_same_nginx_master_no_failed_request(target, h
         pytest.param(
             "tls_acme_directory=http://ca.invalid/dir", "is not an https:// URL", id="http-ca"
         ),
+        # Values that land in nginx's files or in paths: each would break one.
+        pytest.param(
+            'tls_referrer_policy=no-referrer"', "must be printable ASCII", id="header-quote"
+        ),
+        pytest.param(
+            "tls_permissions_policy=camera=($host)", "must be printable ASCII", id="header-variable"
+        ),
+        pytest.param("tls_hsts_max_age=-1", "must be a whole number of seconds", id="hsts-age"),
+        pytest.param(
+            "tls_hsts_include_subdomains=yes", "must be true or false", id="hsts-subdomains"
+        ),
+        pytest.param("tls_cert_name=../etc", "must be a plain name", id="cert-name"),
+        pytest.param("tls_acme_webroot=var/www", "must be an absolute path", id="webroot"),
+        pytest.param("tls_acme_root=/etc/hostname", "is not a PEM certificate", id="root-not-pem"),
     ],
 )
 def test_bad_tls_data_fails_before_any_change_with_one_line(first_deploy, data, line):
