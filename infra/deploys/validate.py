@@ -53,7 +53,7 @@ _NUMBERS = {
 # value that does not match would break the file (or a line of it) on the host.
 _WORDS = {
     "db_name": (re.compile(r"^[a-z_][a-z0-9_]{0,62}$"), "a plain PostgreSQL name"),
-    "nginx_client_max_body_size": (re.compile(r"^[0-9]+[kKmMgG]?$"), "an nginx size, e.g. 1m"),
+    "nginx_client_max_body_size": (re.compile(r"^[0-9]{1,9}[kKmMgG]?$"), "an nginx size, e.g. 1m"),
     "nginx_log_max_size": (re.compile(r"^[0-9]+[kKMG]?$"), "a logrotate size, e.g. 100M"),
     "nginx_predict_rate": (re.compile(r"^[1-9][0-9]*r/[sm]$"), "an nginx rate, e.g. 20r/s"),
     "timezone": (

@@ -63,6 +63,9 @@ def _assert_refused(run, message: str) -> None:
             'db_listen_addresses={"host": "10.0.0.5"}', "must be addresses", id="listen-mapping"
         ),
         pytest.param("nginx_client_max_body_size=1 GB", "is not an nginx size", id="size"),
+        pytest.param(  # nginx refuses a size past its off_t
+            "nginx_client_max_body_size=99999999999999999999m", "is not an nginx size", id="huge"
+        ),
         pytest.param("timezone=../../etc/passwd", "is not a zone", id="timezone"),
         pytest.param(
             "db_client_networks=10.0.0.0/8", "must be a list of addresses", id="list-as-string"
