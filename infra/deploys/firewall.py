@@ -32,10 +32,15 @@ class SshdPorts(FactBase):
         return "sshd -T 2>&1 || true"
 
     def process(self, output: list[str]) -> list[int]:
+        # Both keywords: `ListenAddress host:port` makes sshd listen on that port only, while
+        # `sshd -T` still prints `port 22`. A port too many is open to nothing; one too few
+        # would lock SSH out.
         ports = set()
         for line in output:
-            keyword, _, value = line.partition(" ")
-            if keyword == "port" and value.strip().isdigit():
+            keyword, _, value = line.strip().partition(" ")
+            if keyword == "listenaddress":
+                value = value.rpartition(":")[2]  # 0.0.0.0:2222, [::]:2222
+            if keyword in ("port", "listenaddress") and value.isdigit():
                 ports.add(int(value))
         return sorted(ports)
 

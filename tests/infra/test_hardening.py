@@ -94,12 +94,22 @@ def _wait_listening(host, port: int, listening: bool = True) -> None:
         time.sleep(0.2)
 
 
-def test_firewall_keeps_every_port_sshd_listens_on_open(host, rehearsal):
+@pytest.mark.parametrize(
+    ("config", "port"),
+    [
+        pytest.param("Port 22\\nPort 2222\\n", 2222, id="Port"),
+        # sshd -T prints `port 22` only; the port is in the listen addresses.
+        pytest.param(
+            "ListenAddress 0.0.0.0:22\\nListenAddress 0.0.0.0:2223\\n", 2223, id="ListenAddress"
+        ),
+    ],
+)
+def test_firewall_keeps_every_port_sshd_listens_on_open(host, rehearsal, config, port):
     """The SSH ports are read from sshd on the host, not assumed to be the one the deploy
     connects on (behind a NAT, as Vagrant's, that is another): one sshd adds is opened by the
     next deploy and closed by the one after sshd drops it."""
-    dropin, port = "/etc/ssh/sshd_config.d/90-plinth-test-port.conf", 2222
-    assert host.run(f"printf 'Port 22\\nPort {port}\\n' > {dropin} && systemctl reload ssh").rc == 0
+    dropin = "/etc/ssh/sshd_config.d/90-plinth-test-port.conf"
+    assert host.run(f"printf '{config}' > {dropin} && systemctl reload ssh").rc == 0
     try:
         _wait_listening(host, port)
         assert not _tcp_open(rehearsal["address"], port)  # dropped until a deploy reads sshd
@@ -124,6 +134,9 @@ def test_sshd_s_ports_are_read_from_its_effective_configuration():
         "permitrootlogin no",
     ]
     assert SshdPorts().process(output) == [22, 2222]
+    # `ListenAddress 0.0.0.0:2200`: sshd listens there only, though -T still prints port 22.
+    only_listen = ["port 22", "listenaddress [::]:2200", "listenaddress 0.0.0.0:2200"]
+    assert SshdPorts().process(only_listen) == [22, 2200]
     # sshd -T failing (a broken configuration) gives no port, so the deploy stops, not the SSH.
     assert SshdPorts().process(["/etc/ssh/sshd_config line 3: Bad configuration option"]) == []
     with pytest.raises(DeployError, match="names no port"):
