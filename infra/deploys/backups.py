@@ -5,6 +5,7 @@ restore drill is `infra/deploys/restore.py` (`make restore`), using `restore_dat
 from __future__ import annotations
 
 import shlex
+from datetime import UTC, datetime
 
 from pyinfra import host
 from pyinfra.api import DeployError, FactBase, deploy
@@ -19,6 +20,9 @@ from infra.deploys.templating import template
 BACKUP_SCRIPT = f"/usr/local/sbin/{layout.APP_NAME}-backup"
 BACKUP_UNIT = f"{layout.APP_NAME}-backup.service"
 BACKUP_TIMER = f"{layout.APP_NAME}-backup.timer"
+# The dump a restore takes of the database it replaces: `pre-restore-<db>-<time>.dump` in
+# backup_dir, removed by the same retention, never picked as "the newest dump" to restore.
+PRE_RESTORE_PREFIX = "pre-restore-"
 
 BACKUP_DEFAULTS = {
     **DB_CONNECTION_DEFAULTS,
@@ -35,9 +39,7 @@ BACKUP_DEFAULTS = {
 @deploy("Backups", data_defaults=BACKUP_DEFAULTS)
 def backups() -> None:
     data = host.data
-    days = int(data.backup_retention_days)
-    if days < 1:
-        raise DeployError(f"backup_retention_days {days}: must be at least 1")
+    days = data.backup_retention_days  # checked by validate.py, as every key here
     files.directory(
         name=f"Backup directory {data.backup_dir}",
         path=data.backup_dir,
@@ -47,6 +49,7 @@ def backups() -> None:
     )
     names = {"unit": BACKUP_UNIT, "timer": BACKUP_TIMER, "script": BACKUP_SCRIPT}
     common = {**names, "db_name": data.db_name, "backup_dir": data.backup_dir}
+    common["pre_restore_prefix"] = PRE_RESTORE_PREFIX
     changed = [
         template(
             "backups/plinth-backup.sh.j2",
@@ -100,22 +103,34 @@ def chosen_dump(data, requested: str | None) -> str:
 @deploy("Restore the database", data_defaults=BACKUP_DEFAULTS)
 def restore_database(requested: str | None = None) -> None:
     """Replace the database's contents with a dump: the service (and its socket, which would
-    start it again) stops, pg_restore runs in one transaction, the owner role gets back every
-    object and the service role its row grants (a dump from before the owner role existed has
-    the service role as owner), then both start again."""
+    start it again) stops; the database as it is is dumped first (PRE_RESTORE_PREFIX, in
+    backup_dir: a restore of the wrong dump can be undone); pg_restore runs in one transaction;
+    the owner role gets back every object and the service role its row grants (a dump from
+    before the owner role existed has the service role as owner); then both start again,
+    whatever happened."""
     data = host.data
     dump = chosen_dump(data, requested)
     d, db = shlex.quote(dump), shlex.quote(data.db_name)
+    # Named here, not on the host, so that pyinfra's output says where it is.
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    before = f"{data.backup_dir}/{PRE_RESTORE_PREFIX}{data.db_name}-{stamp}.dump"
     units = f"{layout.SOCKET_UNIT} {layout.SERVICE_UNIT}"
     server.shell(
-        name=f"Restore {dump}",
+        name=f"Restore {dump} (the database as it was first dumped to {before})",
         commands=[
-            f"test -f {d} || {{ echo 'no such dump: {d}' >&2; exit 1; }}",
+            f"test -f {d} || {{ printf 'no such dump: %s\\n' {d} >&2; exit 1; }}",
             f"systemctl stop {units}",
-            # A failure rolls the restore back, and the service starts again either way.
-            f"runuser -u postgres -- pg_restore --clean --if-exists --single-transaction "
-            f"--exit-on-error --dbname={db} {d} "
+            # One shell: the service starts again whatever fails in it.
+            f"umask 077; before={shlex.quote(before)}; "
+            f'if ! runuser -u postgres -- pg_dump --format=custom --dbname={db} --file="$before"; '
+            "then rc=1; echo 'restore not started: the database could not be dumped first' >&2; "
+            # Root opens the dump (it may be anywhere root can read), pg_restore reads stdin.
+            f"elif runuser -u postgres -- pg_restore --clean --if-exists --single-transaction "
+            f"--exit-on-error --dbname={db} < {d} "
             f"&& {converge_command(data.db_name, data.db_owner, data.db_user)}; "
-            f"rc=$?; systemctl start {units}; exit $rc",
+            'then rc=0; echo "restored; the database as it was before: $before"; '
+            'else rc=1; echo "restore failed (above): a failed pg_restore changes nothing, it '
+            'runs in one transaction; the database as it was: $before" >&2; fi; '
+            f"systemctl start {units}; exit $rc",
         ],
     )

@@ -23,7 +23,7 @@ from pyinfra.operations import apt, files, systemd
 from infra.deploys import layout
 from infra.deploys.nginx import validate_and_reload
 from infra.deploys.templating import TEMPLATES_DIR, template
-from infra.deploys.validate import InventoryDataError
+from infra.deploys.validate import ABSOLUTE_PATH, InventoryDataError
 
 TLS_MODES = ("acme", "self-signed", "off")
 ACME_DIRECTORIES = {
@@ -139,7 +139,6 @@ _HEADER_VALUE = re.compile(r"^[ !#%-\[\]-~]*$")
 HEADER_KEYS = ("tls_referrer_policy", "tls_content_security_policy", "tls_permissions_policy")
 # certbot's certificate name and the webroot land in paths and in nginx's files as they are.
 _CERT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_ABSOLUTE_PATH = re.compile(r"^(/[A-Za-z0-9_][A-Za-z0-9._-]*)+$")
 
 
 def _check_common(data) -> None:
@@ -157,7 +156,7 @@ def _check_common(data) -> None:
     if not isinstance(data.get("tls_cert_name"), str) or not _CERT_NAME.match(data.tls_cert_name):
         _fail(f"tls_cert_name {data.get('tls_cert_name')!r} must be a plain name, e.g. plinth")
     webroot = data.get("tls_acme_webroot")
-    if not isinstance(webroot, str) or not _ABSOLUTE_PATH.match(webroot):
+    if not isinstance(webroot, str) or not ABSOLUTE_PATH.match(webroot):
         _fail(f"tls_acme_webroot {webroot!r} must be an absolute path, e.g. /var/www/letsencrypt")
 
 

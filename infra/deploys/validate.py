@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import shlex
 
 from pyinfra import host
-from pyinfra.api import DeployError, deploy
+from pyinfra.api import DeployError, FactBase, deploy
 from pyinfra.facts.server import LinuxDistribution
 
 from infra.deploys import layout
 from infra.deploys.app import APP_DEFAULTS
+from infra.deploys.backups import BACKUP_DEFAULTS
 from infra.deploys.base import BASE_DEFAULTS
+from infra.deploys.cutover import RELEASE_DEFAULTS
 from infra.deploys.logcaps import LOGCAPS_DEFAULTS
 from infra.deploys.nginx import NGINX_DEFAULTS
+from infra.deploys.os_hardening import HARDENING_DEFAULTS
 from infra.deploys.postgres import POSTGRES_DEFAULTS, listen_addresses
 
 WORKERS_RANGE = range(1, 33)
@@ -48,7 +52,14 @@ _NUMBERS = {
     "nginx_keepalive_timeout": (1, None),
     "nginx_predict_burst": (0, None),
     "nginx_log_rotate": (1, None),
+    "backup_retention_days": (1, None),
+    "shell_idle_timeout_seconds": (0, None),  # 0: no idle timeout
+    "release_health_timeout": (1, 3600),
+    "release_start_timeout": (1, 3600),
+    "release_lock_wait": (0, 86400),
 }
+# A path as it may land unquoted in a script or a unit: absolute, no space, quote or `..`.
+ABSOLUTE_PATH = re.compile(r"^(/[A-Za-z0-9_][A-Za-z0-9._-]*)+$")
 # Words: key -> (pattern, what it must be). They land in configuration files as they are, so a
 # value that does not match would break the file (or a line of it) on the host.
 _WORDS = {
@@ -61,6 +72,7 @@ _WORDS = {
         "a zone, e.g. Etc/UTC",
     ),
     "journald_system_max_use": (re.compile(r"^[0-9]+[KMGTPE]?$"), "a journald size, e.g. 500M"),
+    "backup_dir": (ABSOLUTE_PATH, "an absolute path, e.g. /var/backups/plinth"),
     "journald_max_file_sec": (
         re.compile(r"^[0-9]+ ?(us|ms|s|sec|m|min|h|hr|d|day|w|week|M|month|y|year)?$"),
         "a journald time span, e.g. 1month",
@@ -72,6 +84,24 @@ _NETWORK_LISTS = {
     "nginx_metrics_allow": False,
     "app_ip_address_allow": False,
 }
+
+
+# Values systemd reads in a unit: key -> the systemd-analyze verb that parses them (on the
+# host, whose systemd will read them), and what they must be.
+_SYSTEMD_VALUES = {
+    "backup_on_calendar": ("calendar", 'a systemd calendar event, e.g. "*-*-* 02:30:00"'),
+    "backup_randomized_delay": ("timespan", "a systemd time span, e.g. 15min"),
+}
+
+
+class SystemdAccepts(FactBase):
+    """Whether the host's systemd-analyze parses `value` as a `verb` (calendar, timespan)."""
+
+    def command(self, verb, value):
+        return f"systemd-analyze {verb} {shlex.quote(value)} >/dev/null 2>&1 && echo yes || echo no"
+
+    def process(self, output):
+        return output == ["yes"]
 
 
 class InventoryDataError(DeployError):
@@ -138,6 +168,16 @@ def check_word(key: str, value) -> None:
         _fail(f"{key} {value!r} is not {what}")
 
 
+def check_systemd_value(key: str, value) -> None:
+    verb, what = _SYSTEMD_VALUES[key]
+    if not isinstance(value, str) or "\n" in value or not value.strip():
+        _fail(f"{key} {value!r} is not {what}")
+    if value == BACKUP_DEFAULTS[key]:
+        return  # known good: no command on the host for it
+    if not host.get_fact(SystemdAccepts, verb=verb, value=value):
+        _fail(f"{key} {value!r} is not {what} (systemd-analyze {verb} refuses it)")
+
+
 def check_networks(key: str, value) -> None:
     with_prefix = _NETWORK_LISTS[key]
     if not isinstance(value, list | tuple):  # a string would be read one character at a time
@@ -196,6 +236,9 @@ def check_distribution() -> None:
         **APP_DEFAULTS,
         **NGINX_DEFAULTS,
         **LOGCAPS_DEFAULTS,
+        **BACKUP_DEFAULTS,
+        **HARDENING_DEFAULTS,
+        **RELEASE_DEFAULTS,
     },
 )
 def validate() -> None:
@@ -217,6 +260,8 @@ def validate() -> None:
         check_word(key, data.get(key))
     for key in _NETWORK_LISTS:
         check_networks(key, data.get(key))
+    for key in _SYSTEMD_VALUES:
+        check_systemd_value(key, data.get(key))
     check_listen_addresses(data.db_listen_addresses)
     check_extra_env(data.app_extra_env)
     check_distribution()

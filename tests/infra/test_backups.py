@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 
+from infra.deploys.backups import PRE_RESTORE_PREFIX
 from tests.infra.conftest import INVENTORY, REPO, host_json_path
 from tests.infra.https_client import IRIS, PREDICT_PATH, request
 
@@ -50,11 +51,19 @@ def test_backup_is_a_private_custom_format_dump(host):
     assert "TABLE DATA public predictions" in listing
 
 
-def test_retention_removes_dumps_older_than_the_limit(host):
+def test_retention_removes_dumps_older_than_the_limit_and_keeps_the_rest(host):
+    """14 days (backup_retention_days): a 30-day-old dump goes, the one a restore took of the
+    database it replaced too; a 13-day-old one stays."""
     old = f"{BACKUP_DIR}/plinth-20000101T000000Z.dump"
-    host.check_output(f"runuser -u postgres -- touch -d '30 days ago' {old}")
+    old_pre_restore = f"{BACKUP_DIR}/{PRE_RESTORE_PREFIX}plinth-20000101T000000Z.dump"
+    young = f"{BACKUP_DIR}/plinth-20000102T000000Z.dump"
+    for path, age in ((old, 30), (old_pre_restore, 30), (young, 13)):
+        host.check_output(f"runuser -u postgres -- touch -d '{age} days ago' {path}")
     _run_backup(host)
     assert not host.file(old).exists
+    assert not host.file(old_pre_restore).exists
+    assert host.file(young).exists
+    host.check_output(f"rm -f {young}")
 
 
 def test_restore_drill_brings_back_a_deleted_prediction(host, rehearsal):
@@ -66,9 +75,14 @@ def test_restore_drill_brings_back_a_deleted_prediction(host, rehearsal):
     host.check_output(f'runuser -u postgres -- psql -d plinth -tAc "{delete}"')
     assert request(rehearsal, "GET", f"/v1/predictions/{prediction_id}")[0] == 404
 
+    # A dump outside backup_dir that only root may read (root opens it for pg_restore).
+    copy = "/root/plinth-drill.dump"
+    host.check_output(f"install -m 600 -o root -g root {dump} {copy}")
+    before = set(host.check_output(f"ls {BACKUP_DIR}").split())
     started = time.monotonic()
-    result = _restore(dump.rsplit("/", 1)[-1])  # chosen by name; unset means the newest
+    result = _restore(copy)  # a file name in backup_dir or an absolute path; unset: the newest
     assert result.returncode == 0, result.stderr[-2000:]
+    host.check_output(f"rm -f {copy}")
     deadline = time.monotonic() + 10
     while request(rehearsal, "GET", "/readyz")[0] != 200:
         assert time.monotonic() < deadline, "not ready after the restore"
@@ -77,9 +91,47 @@ def test_restore_drill_brings_back_a_deleted_prediction(host, rehearsal):
     status, _, body = request(rehearsal, "GET", f"/v1/predictions/{prediction_id}")
     assert status == 200, body
     assert body["id"] == prediction_id
+    # The database as it was before the restore, dumped first (so a wrong restore is undone).
+    (taken,) = set(host.check_output(f"ls {BACKUP_DIR}").split()) - before
+    assert taken.startswith(f"{PRE_RESTORE_PREFIX}plinth-") and taken.endswith(".dump")
+    assert taken in result.stdout + result.stderr
+    pre_restore = host.file(f"{BACKUP_DIR}/{taken}")
+    assert (pre_restore.user, pre_restore.mode) == ("postgres", 0o600)
+    listing = host.check_output(f"runuser -u postgres -- pg_restore --list {pre_restore.path}")
+    assert "TABLE DATA public predictions" in listing
+    # ... and never taken for "the newest dump" by a restore that names none.
+    assert _run_backup(host).rsplit("/", 1)[-1].startswith("plinth-")
 
 
 def test_restore_of_a_missing_dump_fails_and_leaves_the_service_up(host, rehearsal):
     result = _restore("plinth-19990101T000000Z.dump")
     assert result.returncode != 0
+    assert "no such dump: /var/backups/plinth/plinth-19990101T000000Z.dump" in result.stderr
     assert request(rehearsal, "GET", "/readyz")[0] == 200
+
+
+def test_a_restore_that_fails_midway_changes_nothing_and_the_service_comes_back(host, rehearsal):
+    """A truncated dump: pg_restore fails after it began dropping (--clean), so the whole
+    restore rolls back (one transaction), and the service, stopped for it, starts again."""
+    status, _, body = request(rehearsal, "POST", PREDICT_PATH, {"inputs": [IRIS]})
+    assert status == 200, body
+    prediction_id = body["predictions"][0]["id"]
+    good = _run_backup(host)
+    corrupt = f"{BACKUP_DIR}/plinth-corrupt.dump"
+    size = int(host.check_output(f"stat -c %s {good}"))
+    host.check_output(
+        f"head -c {size * 2 // 3} {good} > {corrupt} && chown postgres:postgres {corrupt}"
+    )
+    try:
+        result = _restore("plinth-corrupt.dump")
+    finally:
+        host.check_output(f"rm -f {corrupt}")
+    assert result.returncode != 0
+    assert "restore failed" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    deadline = time.monotonic() + 10
+    while request(rehearsal, "GET", "/readyz")[0] != 200:
+        assert time.monotonic() < deadline, "not ready after the failed restore"
+        time.sleep(0.2)
+    status, _, body = request(rehearsal, "GET", f"/v1/predictions/{prediction_id}")
+    assert status == 200, body

@@ -76,6 +76,18 @@ def _assert_refused(run, message: str) -> None:
         pytest.param(
             'nginx_metrics_allow=["10.0.0.300"]', "is not an IP address or network", id="address"
         ),
+        pytest.param('backup_retention_days="two weeks"', "must be a whole number", id="retention"),
+        pytest.param(  # unquoted in the backup script: `db` would run as a command
+            'backup_dir="/var/backups/plinth db"', "is not an absolute path", id="backup-dir"
+        ),
+        pytest.param(
+            'backup_on_calendar="daily 02:30"', "systemd-analyze calendar refuses", id="calendar"
+        ),
+        pytest.param(
+            "backup_randomized_delay=soon", "systemd-analyze timespan refuses", id="timespan"
+        ),
+        pytest.param("release_health_timeout=abc", "must be a whole number", id="health-timeout"),
+        pytest.param("shell_idle_timeout_seconds=15m", "must be a whole number", id="idle-timeout"),
         pytest.param('app_extra_env=["DB_POOL_SIZE"]', "must be a mapping", id="env-not-mapping"),
         pytest.param('app_extra_env={"DB POOL": 1}', "is not a setting name", id="env-name"),
     ],
