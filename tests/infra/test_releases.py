@@ -249,6 +249,25 @@ def test_rollback_to_a_named_release_serves_it_with_zero_failed_requests(first_d
     assert current_release(rehearsal) == f"{layout.RELEASES_DIR}/{named}"
 
 
+def test_a_rollback_while_the_service_is_down_starts_it_and_checks_it(first_deploy, rehearsal):
+    """The service stopped (or given up on by systemd after a crash loop), socket too: the
+    rollback starts it from the release it goes to, and the same health check judges it."""
+    deployed("test-down-one")
+    deployed("test-down-two")
+    ssh(rehearsal, f"systemctl stop {layout.SOCKET_UNIT} {layout.SERVICE_UNIT}")
+    assert https_status(rehearsal, "/readyz") == 502  # nothing behind nginx
+    run = rollback()
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert ssh(rehearsal, f"systemctl is-active {layout.SOCKET_UNIT} {layout.SERVICE_UNIT}") == (
+        "active\nactive"
+    )
+    with Traffic(rehearsal) as after:
+        time.sleep(2)
+    assert after.failures == [], after.failures[:5]
+    assert set(after.revisions) == {"test-down-one"}, after.revisions
+    assert served_release_dirs(rehearsal) == {current_release(rehearsal)}
+
+
 def test_rollback_to_a_release_not_installed_fails_in_one_line(first_deploy, rehearsal):
     before = current_release(rehearsal)
     run = rollback(PLINTH_ROLLBACK_TO="0.1.0-nowhere")
