@@ -31,8 +31,11 @@ if "db" in roles:
     postgresql()
     backups()  # nightly pg_dump; restore with infra/deploys/restore.py
 if "app" in roles:
-    app()
+    # nginx and TLS before the app: a release's health check goes through them with the
+    # inventory's domain, mode and certificate, so they must already serve those (nginx
+    # needs no socket to start or pass `nginx -t`).
     nginx()
     logcaps()  # nginx logs rotated by size too
     tls()  # the HTTPS server on top of nginx's port 80 (tls_mode "off" leaves HTTP only)
+    app()
 sandbox()  # systemd drop-ins over nginx and PostgreSQL, once both are installed

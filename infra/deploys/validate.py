@@ -115,7 +115,9 @@ def _fail(message: str) -> None:
 def check_domain(domain) -> None:
     if not domain:
         _fail("domain is not set")
-    name = str(domain).lower().rstrip(".")
+    if str(domain).endswith("."):  # certificates, nginx and the health check name it without
+        _fail(f"domain {domain!r}: write it without the trailing dot")
+    name = str(domain).lower()
     if _PLACEHOLDER.search(name):
         _fail(f"domain {domain!r} is a placeholder; set the host's real name")
     if not _HOSTNAME.match(name):

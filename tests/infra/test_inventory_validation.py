@@ -36,6 +36,9 @@ def _assert_refused(run, message: str) -> None:
         pytest.param("domain=example.com", "is a placeholder", id="placeholder-domain"),
         pytest.param("domain=changeme.plinth.test", "is a placeholder", id="changeme-domain"),
         pytest.param("domain=not a name", "is not a valid DNS name", id="malformed-domain"),
+        pytest.param(
+            "domain=plinth.rehearsal.test.", "without the trailing dot", id="domain-trailing-dot"
+        ),
         pytest.param("tls_acme_email=ops-at-plinth", "is not a valid e-mail", id="bad-email"),
         pytest.param("app_workers=0", "app_workers 0 is out of range", id="no-workers"),
         pytest.param("app_workers=500", "out of range", id="too-many-workers"),

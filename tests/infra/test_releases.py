@@ -211,6 +211,33 @@ def test_a_release_that_fails_readiness_is_rolled_back(first_deploy, rehearsal):
     assert https_status(rehearsal, "/readyz") == 200
 
 
+def _served_revision_any_certificate(rehearsal) -> str:
+    """/version's revision through nginx over HTTPS, asked on the host, trusting any
+    certificate (a self-signed one included)."""
+    domain = rehearsal["domain"]
+    body = ssh(
+        rehearsal,
+        f"curl -sk --resolve {domain}:443:127.0.0.1 https://{domain}/version",
+    )
+    return json.loads(body)["git_revision"]
+
+
+def test_a_release_and_a_tls_mode_change_in_one_deploy_go_live(first_deploy, rehearsal):
+    """The release's health check goes through the HTTPS server the same deploy sets up: a
+    new release together with another certificate (self-signed, then ACME again) passes it."""
+    try:
+        os.environ["PLINTH_RELEASE_REVISION"] = "test-tls-self"
+        run = run_deploy("--data", "tls_mode=self-signed")
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert _served_revision_any_certificate(rehearsal) == "test-tls-self"
+    finally:
+        os.environ.pop("PLINTH_RELEASE_REVISION", None)
+        back = deploy_revision("test-tls-acme")  # the inventory's ACME again
+    assert back.returncode == 0, back.stderr[-3000:]
+    assert _served_revision_any_certificate(rehearsal) == "test-tls-acme"
+    assert https_status(rehearsal, "/readyz") == 200  # the ACME certificate, verified
+
+
 def rollback(**env: str) -> subprocess.CompletedProcess:
     """`make rollback` (PLINTH_ROLLBACK_TO=... in `env` names the release)."""
     env = {**os.environ, "PLINTH_REHEARSAL_HOST_JSON": str(host_json_path()), **env}
