@@ -11,7 +11,7 @@ import socket
 from functools import cache
 
 from jinja2 import Template
-from pyinfra import host
+from pyinfra import host, logger
 from pyinfra.api import DeployError, FactBase, operation
 from pyinfra.facts.files import Link
 
@@ -79,8 +79,7 @@ class DeployLockTaken(FactBase):
         )
 
     def process(self, output):
-        lines = [line for line in output if line.strip()]
-        return "ok" if not lines else lines[-1]
+        return [line for line in output if line.strip()] or ["ok"]
 
 
 @cache
@@ -93,9 +92,11 @@ def deploy_lock() -> None:
     mode = "force" if os.environ.get(LOCK_ENV) == "break" else "wait"
     source = (TEMPLATES_DIR / "app/plinth-release.j2").read_text()
     script = Template(source).render(**layout.layout_vars(), **tool_vars())
-    answer = host.get_fact(
+    *notes, answer = host.get_fact(
         DeployLockTaken, script=script, who=_who(), wait=_setting("release_lock_wait"), mode=mode
     )
+    for note in notes:  # "broke the deploy lock held by ...": someone's deploy was stopped
+        logger.warning(f"{host.print_prefix}{note}")
     if answer != "ok":
         raise DeployError(f"{answer} (if that deploy is gone: {LOCK_ENV}=break)")
 

@@ -435,11 +435,36 @@ def test_a_second_deploy_fails_naming_the_lock_holder_until_it_is_broken(first_d
         assert "deploy lock /run/lock/plinth-deploy is held by someone-else" in run.stderr
         os.environ["PLINTH_DEPLOY_LOCK"] = "break"
         try:
-            assert run_deploy().returncode == 0
+            broken = run_deploy()
         finally:
             del os.environ["PLINTH_DEPLOY_LOCK"]
+        assert broken.returncode == 0, broken.stderr[-2000:]
+        assert "broke the deploy lock held by someone-else" in broken.stderr  # said aloud
     finally:
         holder.kill()
+
+
+def test_breaking_a_free_lock_signals_no_one(first_deploy, rehearsal):
+    """A holder note left by a lock daemon killed with KILL names a PID that is someone else's
+    by now: with the lock free, PLINTH_DEPLOY_LOCK=break must not signal it."""
+    info = "/run/lock/plinth-deploy.holder"
+    unit = "plinth-test-bystander"
+    ssh(rehearsal, f"systemd-run --unit={unit} -p RuntimeMaxSec=120 sleep 120")
+    try:
+        pid = ssh(rehearsal, f"systemctl show -p MainPID --value {unit}")
+        note = json.dumps({"who": "gone@away", "since": "then", "holder_pid": int(pid)})
+        ssh(rehearsal, f"printf '%s' {shlex.quote(note)} > {info}")
+        os.environ["PLINTH_DEPLOY_LOCK"] = "break"
+        try:
+            run = run_deploy()
+        finally:
+            del os.environ["PLINTH_DEPLOY_LOCK"]
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert "broke the deploy lock" not in run.stderr
+        assert ssh(rehearsal, f"systemctl is-active {unit}") == "active"
+        assert ssh(rehearsal, f"systemctl show -p MainPID --value {unit}") == pid
+    finally:
+        ssh(rehearsal, f"systemctl stop {unit}")
 
 
 def test_a_deploy_told_to_wait_for_the_lock_goes_on_once_it_is_free(first_deploy, rehearsal):
