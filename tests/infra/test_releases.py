@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 
 import pytest
@@ -120,6 +121,14 @@ def https_status(rehearsal, path: str) -> int:
         conn.close()
 
 
+def listing(rehearsal) -> list[str]:
+    """The releases and artifacts on the host (a failed `ls` fails the test)."""
+    command = f"ls -1 {layout.RELEASES_DIR} {layout.ARTIFACTS_DIR}"
+    result = subprocess.run(ssh_argv(rehearsal, command), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
 def current_release(rehearsal) -> str:
     return ssh(rehearsal, f"readlink {layout.CURRENT_LINK}")
 
@@ -178,7 +187,7 @@ def test_a_release_that_does_not_import_stops_before_the_host_is_touched(first_d
     """The preflight on the control machine installs the artifact into a clean virtualenv,
     imports it and asks /healthz in process: a release that does not import ends the deploy
     in one line, and no operation runs on the host."""
-    before = current_release(rehearsal)
+    before, installed = current_release(rehearsal), listing(rehearsal)
     run = deploy_revision("test-no-import", PLINTH_RELEASE_FAULT="import")
     assert run.returncode != 0
     (message,) = [line for line in run.stderr.splitlines() if "pyinfra error" in line]
@@ -187,7 +196,7 @@ def test_a_release_that_does_not_import_stops_before_the_host_is_touched(first_d
     assert "Starting operation" not in run.stderr, operations_run(run)
     assert "Traceback" not in run.stderr
     assert current_release(rehearsal) == before
-    assert "test-no-import" not in ssh(rehearsal, f"ls {layout.RELEASES_DIR}")
+    assert listing(rehearsal) == installed
 
 
 def test_a_release_that_fails_readiness_is_rolled_back(first_deploy, rehearsal):
@@ -398,6 +407,24 @@ def test_pruning_keeps_five_releases_and_never_the_running_one(first_deploy, reh
     releases = ssh(rehearsal, f"ls {layout.RELEASES_DIR}").split()
     assert len(releases) == 5, releases
     assert current_release(rehearsal).rsplit("/", 1)[-1] in releases
+
+
+def test_pruning_spares_the_release_that_serves_during_the_deploy(first_deploy, rehearsal):
+    """Rolled back to the oldest kept release, then a new one deployed: the oldest is past the
+    newest five, but it serves until the cutover, so that deploy keeps it; the next prunes it."""
+    # Revisions of this run only (a release id keeps 10 characters of it): new directories.
+    tag = uuid.uuid4().hex[:7]
+    while len(releases := ssh(rehearsal, f"ls -1t {layout.RELEASES_DIR}").split()) < 5:
+        deployed(f"f{len(releases)}-{tag}")
+    oldest = releases[-1]
+    run = rollback(PLINTH_ROLLBACK_TO=oldest)
+    assert run.returncode == 0, run.stderr[-2000:]
+    deployed(f"a-{tag}")
+    kept = ssh(rehearsal, f"ls -1t {layout.RELEASES_DIR}").split()
+    assert oldest in kept and len(kept) == 6, kept
+    deployed(f"b-{tag}")
+    kept = ssh(rehearsal, f"ls -1t {layout.RELEASES_DIR}").split()
+    assert oldest not in kept and len(kept) == 5, kept
 
 
 def test_releases_share_one_dependency_layer_and_unused_layers_go(first_deploy, rehearsal):
