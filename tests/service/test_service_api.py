@@ -254,6 +254,21 @@ def test_metrics_exposition(client: TestClient) -> None:
     assert "plinth_db_pool_connections_in_use" in text
 
 
+def _pool_in_use(client: TestClient) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("plinth_db_pool_connections_in_use "):
+            return float(line.split()[1])
+    raise AssertionError("/metrics has no plinth_db_pool_connections_in_use sample")
+
+
+def test_pool_gauge_counts_the_connections_in_use(client: TestClient) -> None:
+    predict(client, [IRIS_INPUT])  # its write counted in use, then out again
+    idle = _pool_in_use(client)
+    with client.app.state.engine.connect():  # one checked out of the pool
+        assert _pool_in_use(client) == idle + 1
+    assert _pool_in_use(client) == idle
+
+
 def test_database_unreachable_gives_503_with_retry_after(
     settings: Settings, test_artifacts: Path
 ) -> None:
