@@ -7,6 +7,7 @@ import json
 import pytest
 
 from infra.deploys import layout
+from infra.deploys.base import BASE_DEFAULTS
 
 pytestmark = pytest.mark.infra
 
@@ -96,7 +97,7 @@ def test_journal_is_persistent_and_capped(host):
     assert host.file("/var/log/journal").is_directory
     dropin = host.file(layout.JOURNALD_DROPIN).content_string
     assert "Storage=persistent" in dropin
-    assert "SystemMaxUse=" in dropin
+    assert f"SystemMaxUse={BASE_DEFAULTS['journald_system_max_use']}\n" in dropin
 
 
 def test_host_runs_in_utc(host):

@@ -46,3 +46,21 @@ def test_a_managed_file_changed_by_hand_is_put_back(host, deploy):
     assert 4 <= fixed.totals["success"] <= 12, fixed.stderr[-3000:]
     again = deploy()
     assert again.returncode == 0 and again.totals["success"] == 0, again.stderr[-3000:]
+
+
+def test_a_dry_run_changes_nothing_on_the_host(host, deploy):
+    """`--dry` (README: changes no file and no service): a drifted file stays drifted, nginx
+    and the service keep their processes; the real deploy after it puts the file back."""
+    edit = "# edited by hand, dry-run test"
+    host.check_output(f"echo '{edit}' >> {layout.NGINX_SITE}")
+    pids = {
+        unit: host.check_output(f"systemctl show -p MainPID --value {unit}")
+        for unit in ("nginx", layout.SERVICE_UNIT, "postgresql@*-main")
+    }
+    dry = deploy(dry=True)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert edit in host.file(layout.NGINX_SITE).content_string
+    assert {u: host.check_output(f"systemctl show -p MainPID --value {u}") for u in pids} == pids
+    fixed = deploy()
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    assert edit not in host.file(layout.NGINX_SITE).content_string

@@ -13,6 +13,7 @@ from conftest import ssh_argv
 
 from infra.deploys import layout
 from infra.deploys.backups import BACKUP_TIMER
+from infra.deploys.base import BASE_DEFAULTS
 from tests.infra.https_client import IRIS, PREDICT_PATH, request
 
 pytestmark = pytest.mark.infra
@@ -117,11 +118,17 @@ def test_postgresql_restart_gives_503_then_200_and_loses_nothing(host, rehearsal
 
 
 def test_journal_is_capped(host):
+    wanted = BASE_DEFAULTS["journald_system_max_use"]  # e.g. 500M
     limit = host.check_output(
         "systemd-analyze cat-config systemd/journald.conf | grep -E '^SystemMaxUse=' | tail -n 1"
     )
-    assert limit.startswith("SystemMaxUse="), limit
+    assert limit == f"SystemMaxUse={wanted}", limit  # the last word: ours
     assert "Storage=persistent" in host.check_output("cat /etc/systemd/journald.conf.d/*.conf")
+    # ... and the running journald applies it: it logs its limits when it (re)starts.
+    started = host.check_output(
+        "journalctl -b -u systemd-journald -o cat | grep '^System Journal' | tail -n 1"
+    )
+    assert f"max {float(wanted[:-1]):.1f}{wanted[-1]}," in started, started
 
 
 def test_nginx_log_flood_is_rotated_at_its_size_cap(host):
