@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "service"))
@@ -157,9 +157,9 @@ def main() -> int:
             deadline = time.monotonic() + 180  # a busy shared host boots workers slowly
             while True:
                 try:
-                    if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                    if httpx2.get(base + "/readyz", timeout=2).status_code == 200:
                         break
-                except httpx.TransportError:
+                except httpx2.TransportError:
                     pass
                 if time.monotonic() > deadline:
                     sys.exit("service did not become ready")

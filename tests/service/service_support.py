@@ -9,7 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 
 from service.config import PACKAGED_ARTIFACTS_DIR
 
@@ -70,7 +70,9 @@ def subprocess_env(**overrides: str) -> dict[str, str]:
     return environment
 
 
-def wait_until_ready(client: httpx.Client, *, timeout: float = 60.0, path: str = "/readyz") -> None:
+def wait_until_ready(
+    client: httpx2.Client, *, timeout: float = 60.0, path: str = "/readyz"
+) -> None:
     deadline = time.monotonic() + timeout
     last_error: object = None
     while time.monotonic() < deadline:
@@ -79,7 +81,7 @@ def wait_until_ready(client: httpx.Client, *, timeout: float = 60.0, path: str =
             if response.status_code == 200:
                 return
             last_error = response.text
-        except httpx.TransportError as error:
+        except httpx2.TransportError as error:
             last_error = error
         time.sleep(0.2)
     raise AssertionError(f"service not ready after {timeout}s: {last_error}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 
-import httpx
+import httpx2
 import psycopg
 from fastapi.testclient import TestClient
 
@@ -15,10 +15,10 @@ from service.app import create_app
 from service.config import Settings
 
 
-async def _fire(app, model: str, values: list[list[int]]) -> list[httpx.Response]:
-    transport = httpx.ASGITransport(app=app)
+async def _fire(app, model: str, values: list[list[int]]) -> list[httpx2.Response]:
+    transport = httpx2.ASGITransport(app=app)
     try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx2.AsyncClient(transport=transport, base_url="http://test") as client:
             return await asyncio.gather(
                 *(
                     client.post(

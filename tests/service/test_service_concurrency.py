@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
+import httpx2
 import psycopg
 from service_support import IRIS_INPUT
 
@@ -15,9 +15,9 @@ from service.config import Settings
 def test_200_concurrent_predictions(settings: Settings, db: psycopg.Connection) -> None:
     app = create_app(settings)
 
-    async def fire() -> list[httpx.Response]:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    async def fire() -> list[httpx2.Response]:
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://test") as client:
             responses = await asyncio.gather(
                 *(
                     client.post(

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import httpx
+import httpx2
 import psycopg
 from conftest import libpq
 from fastapi import FastAPI
@@ -19,17 +19,17 @@ from service.config import Settings
 
 
 @asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
+async def serving(app: FastAPI) -> AsyncIterator[httpx2.AsyncClient]:
+    transport = httpx2.ASGITransport(app=app)
     try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx2.AsyncClient(transport=transport, base_url="http://test") as client:
             yield client
     finally:
         await app.state.prediction_writer.close()
         app.state.engine.dispose()
 
 
-def iris(client: httpx.AsyncClient, index: int):
+def iris(client: httpx2.AsyncClient, index: int):
     return client.post(
         "/v1/models/iris/predict",
         json={"inputs": [{**IRIS_INPUT, "sepal_length_cm": 4 + index / 100}]},
@@ -40,12 +40,12 @@ def stored_ids(db: psycopg.Connection) -> list[str]:
     return [row[0] for row in db.execute("SELECT id::text FROM predictions").fetchall()]
 
 
-def acknowledged(responses: list[httpx.Response]) -> list[str]:
+def acknowledged(responses: list[httpx2.Response]) -> list[str]:
     return [r.json()["predictions"][0]["id"] for r in responses if r.status_code == 200]
 
 
 def test_concurrent_predictions_share_transactions(settings: Settings, db: psycopg.Connection):
-    async def burst() -> list[httpx.Response]:
+    async def burst() -> list[httpx2.Response]:
         async with serving(create_app(settings)) as client:
             return await asyncio.gather(*(iris(client, i) for i in range(60)))
 
@@ -65,7 +65,7 @@ def test_a_failed_batch_fails_every_request_in_it(
     was acknowledged before and after is."""
     app = create_app(settings.model_copy(update={"db_statement_timeout_ms": 400}))
 
-    async def scenario() -> tuple[list[httpx.Response], list[httpx.Response]]:
+    async def scenario() -> tuple[list[httpx2.Response], list[httpx2.Response]]:
         async with serving(app) as client:
             ok = [await iris(client, 0)]
             with psycopg.connect(libpq(migrated_database)) as locker:
@@ -89,7 +89,7 @@ def test_a_lost_connection_is_replaced_without_failing_the_request(
     """No pre-ping: the writer finds its connection dead when it uses it, opens a new one
     and sends the batch again, once."""
 
-    async def scenario() -> list[httpx.Response]:
+    async def scenario() -> list[httpx2.Response]:
         async with serving(create_app(settings)) as client:
             first = await iris(client, 0)
             db.execute(
@@ -129,10 +129,10 @@ def test_a_request_the_database_refuses_fails_alone(
     form the next batch: the good ones are stored and answered, only the bad one fails (422)."""
     app = create_app(settings.model_copy(update={"models": ["parrot"]}))
 
-    def parrot(client: httpx.AsyncClient, text: str):
+    def parrot(client: httpx2.AsyncClient, text: str):
         return client.post("/v1/models/parrot/predict", json={"inputs": [{"text": text}]})
 
-    async def scenario() -> tuple[httpx.Response, list[httpx.Response], httpx.Response]:
+    async def scenario() -> tuple[httpx2.Response, list[httpx2.Response], httpx2.Response]:
         async with serving(app) as client:
             with psycopg.connect(libpq(migrated_database)) as locker:
                 locker.execute("LOCK TABLE predictions IN SHARE MODE")

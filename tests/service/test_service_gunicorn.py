@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from service_support import IRIS_INPUT, artifacts_with_test_models, subprocess_env, wait_until_ready
@@ -28,7 +28,7 @@ PAYLOAD_MARKER = 7.654321  # an input value that must never show up in a log lin
 @dataclass
 class Served:
     process: subprocess.Popen[bytes]
-    client: httpx.Client
+    client: httpx2.Client
     log_path: Path
     runtime_dir: Path
     release_file: Path
@@ -108,13 +108,13 @@ def served_on_port(
     serve_environment = make_serve_environment(tmp_path, migrated_database)
     port = free_port()
     serve_environment["PLINTH_BIND"] = f"127.0.0.1:{port}"
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    client = httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     served = _start(["plinth", "serve"], serve_environment, tmp_path, client)
     yield served
     _stop(served)
 
 
-def slow_request_in_background(client: httpx.Client) -> tuple[threading.Thread, list]:
+def slow_request_in_background(client: httpx2.Client) -> tuple[threading.Thread, list]:
     """Start a prediction that takes SLOW_SECONDS; the result lands in the returned list."""
     results: list = []
 
@@ -123,7 +123,7 @@ def slow_request_in_background(client: httpx.Client) -> tuple[threading.Thread, 
             results.append(
                 client.post("/v1/models/sleepy/predict", json={"inputs": [{"value": 7}]})
             )
-        except httpx.HTTPError as error:  # recorded, so the assertion shows it
+        except httpx2.HTTPError as error:  # recorded, so the assertion shows it
             results.append(error)
 
     thread = threading.Thread(target=call)
@@ -146,11 +146,11 @@ def healthz_count_per_worker(metrics_dir: Path) -> dict[str, float]:
     return counts
 
 
-def scraped_healthz_count(client: httpx.Client) -> float:
+def scraped_healthz_count(client: httpx2.Client) -> float:
     wanted = 'plinth_http_requests_total{method="GET",route="/healthz",status="200"} '
     # A fresh connection: the client's pooled one may be the one Gunicorn is just closing
     # for idleness (its keep-alive), which would end as a reset, not an answer.
-    scrape = httpx.get(f"{client.base_url}/metrics", headers={"Connection": "close"}, timeout=10)
+    scrape = httpx2.get(f"{client.base_url}/metrics", headers={"Connection": "close"}, timeout=10)
     for line in scrape.text.splitlines():
         if line.startswith(wanted):
             return float(line.removeprefix(wanted))
@@ -169,7 +169,7 @@ def test_serves_on_bind_address_with_metrics_summed_across_workers(served_on_por
     url = str(served.client.base_url) + "/healthz"
 
     def fresh_connection_request(_: int) -> int:
-        return httpx.get(url, headers={"Connection": "close"}, timeout=10).status_code
+        return httpx2.get(url, headers={"Connection": "close"}, timeout=10).status_code
 
     sent = 0
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -229,7 +229,7 @@ def test_hup_reload_finishes_in_flight_request_and_shows_new_release(
     )
     served.process.send_signal(signal.SIGHUP)
     thread.join(timeout=30)
-    assert results and isinstance(results[0], httpx.Response), results
+    assert results and isinstance(results[0], httpx2.Response), results
     assert results[0].status_code == 200
     assert results[0].json()["predictions"][0]["output"] == {"value": 7}
     deadline = time.monotonic() + 60
@@ -245,11 +245,11 @@ def test_sigterm_finishes_in_flight_request_then_exits(served_on_port: Served) -
     thread, results = slow_request_in_background(served.client)
     served.process.send_signal(signal.SIGTERM)
     thread.join(timeout=30)
-    assert results and isinstance(results[0], httpx.Response), results
+    assert results and isinstance(results[0], httpx2.Response), results
     assert results[0].status_code == 200
     assert served.process.wait(timeout=30) == 0
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(str(served.client.base_url) + "/healthz", timeout=2)
+    with pytest.raises(httpx2.ConnectError):
+        httpx2.get(str(served.client.base_url) + "/healthz", timeout=2)
 
 
 def test_serves_from_systemd_socket_passed_as_fd_3(
@@ -266,8 +266,8 @@ def test_serves_from_systemd_socket_passed_as_fd_3(
     # `exec` keeps the shell's PID ($$) for plinth, so LISTEN_PID matches it.
     fd = listener.fileno()
     wrapper = f"LISTEN_PID=$$ exec plinth serve 3<&{fd} {fd}<&-"
-    client = httpx.Client(
-        transport=httpx.HTTPTransport(uds=str(socket_path)), base_url="http://plinth", timeout=30
+    client = httpx2.Client(
+        transport=httpx2.HTTPTransport(uds=str(socket_path)), base_url="http://plinth", timeout=30
     )
     served = _start(["bash", "-c", wrapper], serve_environment, tmp_path, client, pass_fds=(fd,))
     listener.close()  # the service holds its own copy now
@@ -278,13 +278,13 @@ def test_serves_from_systemd_socket_passed_as_fd_3(
             headers={"X-Forwarded-For": "198.51.100.7", "X-Request-ID": "via-unix-socket"},
         )
         assert response.status_code == 200
-        with pytest.raises(httpx.ConnectError):
-            httpx.get(f"http://127.0.0.1:{unused_port}/healthz", timeout=2)
+        with pytest.raises(httpx2.ConnectError):
+            httpx2.get(f"http://127.0.0.1:{unused_port}/healthz", timeout=2)
         # Graceful stop still finishes a request in flight on the inherited socket.
         thread, results = slow_request_in_background(client)
         served.process.send_signal(signal.SIGTERM)
         thread.join(timeout=30)
-        assert results and isinstance(results[0], httpx.Response), results
+        assert results and isinstance(results[0], httpx2.Response), results
         assert results[0].status_code == 200
         assert served.process.wait(timeout=30) == 0
         access = [
@@ -300,7 +300,7 @@ def test_workers_exit_when_the_master_is_killed(serve_environment: dict[str, str
     (where systemd cannot kill the whole cgroup they would serve old code forever)."""
     port = free_port()
     serve_environment["PLINTH_BIND"] = f"127.0.0.1:{port}"
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+    client = httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
     served = _start(["plinth", "serve"], serve_environment, tmp_path, client)
     try:
         workers = subprocess.run(
@@ -354,7 +354,7 @@ def test_hup_with_a_bad_settings_file_keeps_serving_and_a_good_one_applies(
     env_file = tmp_path / "plinth.env"
     env_file.write_text("PLINTH_MODELS=iris,sleepy\nPLINTH_MAX_BATCH_SIZE=4\n")
     serve_environment["PLINTH_ENV_FILE"] = str(env_file)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+    client = httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
     served = _start(["plinth", "serve"], serve_environment, tmp_path, client)
     try:
         assert _batch_of_five(served) == 413
