@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import shlex
+import subprocess
+from pathlib import Path
 
 from pyinfra import host, logger
 from pyinfra.api import DeployError, FactBase, deploy, operation
@@ -22,7 +24,7 @@ from pyinfra.operations import apt, python, server, systemd
 
 from infra.deploys import layout
 from infra.deploys.accounts import account
-from infra.deploys.hostops import validated_file
+from infra.deploys.hostops import applied, reload_pending, validated_file
 from infra.deploys.login import LoginError, prove_deploy_login
 from infra.deploys.templating import render
 
@@ -70,6 +72,7 @@ def access() -> None:
     keys = [keys] if isinstance(keys, str) else keys
     keys = [str(key).strip() for key in keys if str(key).strip()]
     if keys:
+        _keeps_this_login(data, user, keys)
         server.user_authorized_keys(
             name=f"{user}'s authorized keys (from data)",
             user=user,
@@ -115,7 +118,11 @@ def access() -> None:
         ),
     )
     # A reload keeps every open session, this deploy's own included.
-    systemd.service(name="Reload sshd", service="ssh", reloaded=True, _if=sshd.did_change)
+    pending = reload_pending("sshd", policy)
+    systemd.service(
+        name="Reload sshd", service="ssh", reloaded=True, _if=lambda: pending or sshd.did_change()
+    )
+    applied(name="sshd's policy in effect (recorded)", key="sshd", content=policy)
 
 
 def _whole_number(data, key: str) -> int:
@@ -123,6 +130,30 @@ def _whole_number(data, key: str) -> int:
     if isinstance(value, bool) or not str(value).lstrip("-").isdigit():
         raise DeployError(f"{key} {value!r} is not a whole number")
     return int(value)
+
+
+def _keeps_this_login(data, user: str, keys: list[str]) -> None:
+    """Refuses (one line, before any change) a key list that leaves out the key this run logs
+    in as `user` with: the keys are replaced, root login is off, so the next run could not
+    log in at all. Checked when the run's key file is known (ssh_key); with an agent or an
+    ssh config the key is not known here."""
+    if data.get("ssh_user") != user or not data.get("ssh_key"):
+        return
+    key_file = Path(str(data.ssh_key)).expanduser()
+    public = key_file.with_name(key_file.name + ".pub")
+    if public.is_file():
+        line = public.read_text()
+    else:  # the public half from the private key (fails, harmlessly, on a passphrase)
+        derived = subprocess.run(
+            ["ssh-keygen", "-y", "-P", "", "-f", str(key_file)], capture_output=True, text=True
+        )
+        line = derived.stdout if derived.returncode == 0 else ""
+    login_key = line.split()[:2]
+    if login_key and login_key not in [key.split()[:2] for key in keys]:
+        raise DeployError(
+            f"deploy_authorized_keys leaves out the key this deploy logs in with ({key_file}): "
+            "root login is off, so the next deploy could not log in; add its public key"
+        )
 
 
 def _sha1(text: str) -> str:

@@ -18,6 +18,7 @@ from infra.deploys.cutover import RELEASE_DEFAULTS, release_cutover, release_too
 from infra.deploys.hostops import (
     HostPython,
     PathsFresh,
+    UnitsNotLoaded,
     config_directory,
     host_roles,
     pruned,
@@ -292,4 +293,8 @@ def _units(data):
         name=layout.SERVICE_UNIT,
         ip_address_allow=" ".join(["localhost", *data.app_ip_address_allow]),
     )
-    return any_changed(socket, service)
+    written = any_changed(socket, service)
+    not_loaded = host.get_fact(
+        UnitsNotLoaded, units=[layout.SOCKET_UNIT, layout.SERVICE_UNIT]
+    )  # a run that stopped between writing them and the daemon-reload
+    return lambda: bool(not_loaded) or written()

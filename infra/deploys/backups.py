@@ -14,6 +14,7 @@ from pyinfra.operations.util import any_changed
 
 from infra.deploys import layout
 from infra.deploys.database_roles import converge_command
+from infra.deploys.hostops import UnitsNotLoaded
 from infra.deploys.postgres import DB_CONNECTION_DEFAULTS
 from infra.deploys.templating import template
 
@@ -74,7 +75,11 @@ def backups() -> None:
             **common,
         ),
     ]
-    systemd.daemon_reload(name="systemd reads the backup units", _if=any_changed(*changed))
+    written = any_changed(*changed)
+    not_loaded = host.get_fact(UnitsNotLoaded, units=[BACKUP_UNIT, BACKUP_TIMER])
+    systemd.daemon_reload(
+        name="systemd reads the backup units", _if=lambda: bool(not_loaded) or written()
+    )
     systemd.service(name=f"{BACKUP_TIMER} active", service=BACKUP_TIMER, running=True, enabled=True)
 
 

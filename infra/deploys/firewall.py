@@ -4,6 +4,8 @@ so a deploy never cuts its own connection (and established connections are accep
 
 from __future__ import annotations
 
+import re
+
 from pyinfra import host
 from pyinfra.api import DeployError, FactBase, deploy
 from pyinfra.operations import apt, server, systemd
@@ -45,6 +47,23 @@ class SshdPorts(FactBase):
         return sorted(ports)
 
 
+class LoadedTcpPorts(FactBase):
+    """The TCP ports the loaded `table` opens (its `tcp dport ... accept` rule), or None when
+    no such table is loaded."""
+
+    def command(self, table) -> str:
+        return f"nft list table inet {table} 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> list[int] | None:
+        if not output:
+            return None
+        for line in output:
+            match = re.search(r"tcp dport (?:\{ ([0-9, ]+) \}|([0-9]+)) ct state new accept", line)
+            if match:
+                return sorted(int(port) for port in (match[1] or match[2]).split(","))
+        return []
+
+
 def open_ports(listed, sshd_ports: list[int]) -> list[int]:
     """`listed` (firewall_tcp_ports) and sshd's ports, checked; refused with one line."""
     try:
@@ -74,13 +93,19 @@ def firewall() -> None:
         table=NFT_TABLE,
         tcp_ports=ports,
     )
+    # Also when the loaded rules are not these: a run that wrote the file and stopped before
+    # loading it left a port open (or closed) that the file alone no longer shows.
+    loaded = host.get_fact(LoadedTcpPorts, table=NFT_TABLE)
+    stale = loaded != ports
     server.shell(
-        name="nft -c (rules parse)", commands=[f"nft -c -f {NFTABLES_CONF}"], _if=rules.did_change
+        name="nft -c (rules parse)",
+        commands=[f"nft -c -f {NFTABLES_CONF}"],
+        _if=lambda: stale or rules.did_change(),
     )
     systemd.service(name="nftables enabled", service="nftables", running=True, enabled=True)
     systemd.service(
-        name="Load the changed rules",
+        name=f"Load the rules (loaded now: TCP {loaded})" if stale else "Load the changed rules",
         service="nftables",
         reloaded=True,
-        _if=rules.did_change,
+        _if=lambda: stale or rules.did_change(),
     )

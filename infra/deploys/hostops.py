@@ -11,6 +11,8 @@ from pyinfra import host
 from pyinfra.api import FactBase, FileUploadCommand, operation
 from pyinfra.facts.files import File, Sha1File
 
+from infra.deploys import layout
+
 
 class HostPython(FactBase):
     """The host's python3: {"python": "3.11", "glibc": "2.36", "machine": "x86_64"}."""
@@ -162,6 +164,51 @@ def pruned(directory: str, pattern: str, keep: int, protect: list[str]):
         host.noop(f"{directory}: {len(entries)} kept")
         return
     yield "rm -rf -- " + " ".join(shlex.quote(f"{directory}/{entry}") for entry in stale)
+
+
+class AppliedChecksum(FactBase):
+    """The checksum recorded (`applied`) when `key`'s configuration was last put into effect,
+    or None."""
+
+    def command(self, key):
+        return f"cat {shlex.quote(f'{layout.APPLIED_DIR}/{key}')} 2>/dev/null || true"
+
+    def process(self, output):
+        return output[0].strip() if output and output[0].strip() else None
+
+
+def reload_pending(key: str, content: str) -> bool:
+    """Whether `content` (a configuration file's) is not known to be in effect: a run that
+    wrote it but stopped before the reload leaves it so, and the file alone says nothing (it
+    is up to date on the next run). Condition a reload on it besides the file's own change."""
+    return host.get_fact(AppliedChecksum, key=key) != hashlib.sha1(content.encode()).hexdigest()  # noqa: S324 (a checksum)
+
+
+class UnitsNotLoaded(FactBase):
+    """Of `units`, those whose file changed since systemd last loaded it (NeedDaemonReload):
+    written by a run that stopped before its daemon-reload, the file is up to date from then
+    on and only systemd still knows."""
+
+    def command(self, units):
+        names = " ".join(shlex.quote(unit) for unit in units)
+        return (
+            f"for u in {names}; do "
+            'echo "$u $(systemctl show -p NeedDaemonReload --value "$u" 2>/dev/null)"; done'
+        )
+
+    def process(self, output):
+        return [line.split()[0] for line in output if line.split()[1:] == ["yes"]]
+
+
+@operation()
+def applied(key: str, content: str):
+    """Records that `content` is in effect for `key` (run it right after the reload)."""
+    checksum = hashlib.sha1(content.encode()).hexdigest()  # noqa: S324 (a checksum)
+    if host.get_fact(AppliedChecksum, key=key) == checksum:
+        host.noop(f"{key}: in effect")
+        return
+    d, f = shlex.quote(layout.APPLIED_DIR), shlex.quote(f"{layout.APPLIED_DIR}/{key}")
+    yield f"install -d -m 755 {d} && echo {checksum} > {f}"
 
 
 @operation()

@@ -80,6 +80,9 @@ HTTP_PORT = 80
 HTTPS_PORT = 443
 
 JOURNALD_DROPIN = "/etc/systemd/journald.conf.d/50-plinth.conf"
+# Checksums of configurations a reload put into effect (infra/deploys/hostops.py): a file
+# written by a run that stopped before its reload is reloaded by the next run.
+APPLIED_DIR = f"/var/lib/{APP_NAME}/applied"
 
 # Logins (infra/deploys/access.py): the user every deploy after a host's first logs in as
 # (key only, passwordless sudo); sshd's policy and the sudo rule are drop-ins of ours.

@@ -85,8 +85,9 @@ _DNS_NAME = re.compile(
 
 class TlsCertificate(FactBase):
     """A PEM certificate on the host: {"names", "serial", "valid" (still valid `days` from
-    now), "chain_issuer" (issuer of the first certificate in `chain`), "directory" (certbot's
-    server in `renewal_conf`)}; None when there is no certificate."""
+    now), "chain_issuer" (issuer of the first certificate in `chain`), "directory" and
+    "webroot" (certbot's server and webroot in `renewal_conf`, which its renewals use)}; None
+    when there is no certificate."""
 
     requires_command = "openssl"
 
@@ -101,7 +102,9 @@ class TlsCertificate(FactBase):
             "&& echo valid=yes || echo valid=no; "
             f'if [ -r {ch} ]; then echo "chain_$(openssl x509 -in {ch} -noout -issuer '
             '-nameopt RFC2253)"; fi; '
-            f"if [ -r {conf} ]; then sed -n 's/^server *= */directory=/p' {conf}; fi"
+            f"if [ -r {conf} ]; then sed -n -e 's/^server *= */directory=/p' "
+            # webroot_path = /var/www/letsencrypt,  (certbot writes a list)
+            f"-e 's/^webroot_path *= *\\([^,]*\\).*/webroot=\\1/p' {conf}; fi"
         )
 
     def process(self, output):
@@ -112,6 +115,7 @@ class TlsCertificate(FactBase):
             "valid": values.get("valid") == "yes",
             "chain_issuer": values.get("chain_issuer"),
             "directory": values.get("directory"),
+            "webroot": values.get("webroot"),
         }
 
 
@@ -217,7 +221,7 @@ def tls_settings(data) -> dict:
     return {**settings, "email": str(email), "directory": directory, "root_subject": root_subject}
 
 
-def _reissue_reason(cert, domains, directory, root_subject) -> str | None:
+def _reissue_reason(cert, domains, directory, root_subject, webroot) -> str | None:
     if cert is None:
         return "no certificate yet"
     if sorted(cert["names"]) != sorted(domains):
@@ -228,6 +232,10 @@ def _reissue_reason(cert, domains, directory, root_subject) -> str | None:
         return f"ACME directory changed: {cert['directory']} -> {directory}"
     if root_subject and cert["chain_issuer"] != root_subject:
         return f"issued under {cert['chain_issuer']}, not the configured {root_subject}"
+    if cert["webroot"] and cert["webroot"] != webroot:
+        # certbot renews with the webroot it issued with, which nginx no longer serves: every
+        # renewal would fail. Debian 12's certbot has no `reconfigure`; a new issue records it.
+        return f"webroot changed: {cert['webroot']} -> {webroot} (renewals use the old one)"
     return None
 
 
@@ -242,7 +250,7 @@ def acme_certificate(cert_name, domains, directory, email, webroot, ca_bundle, r
         chain=f"{live}/chain.pem",
         renewal_conf=f"{LETSENCRYPT_DIR}/renewal/{cert_name}.conf",
     )
-    reason = _reissue_reason(cert, domains, directory, root_subject)
+    reason = _reissue_reason(cert, domains, directory, root_subject, webroot)
     if reason is None:
         host.noop(f"certificate {cert_name} is valid for {', '.join(domains)}")
         return

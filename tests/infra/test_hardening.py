@@ -10,7 +10,7 @@ import pytest
 from conftest import run_deploy
 from pyinfra.api import DeployError
 
-from infra.deploys.firewall import SshdPorts, open_ports
+from infra.deploys.firewall import NFT_TABLE, NFTABLES_CONF, LoadedTcpPorts, SshdPorts, open_ports
 from tests.infra.https_client import request
 
 pytestmark = pytest.mark.infra
@@ -174,3 +174,23 @@ def test_firewall_closes_postgresql_and_any_other_listener(host, rehearsal):
 def test_outbound_still_works(host):
     # apt and ACME go out; replies come back as established traffic.
     assert host.run("apt-get -qq update").rc == 0
+
+
+def test_rules_the_file_has_but_nftables_never_loaded_are_loaded_by_the_next_deploy(host):
+    """A run that wrote the rules and stopped before loading them: the file is up to date from
+    then on, so only the loaded table shows the difference; the next deploy loads the file."""
+    wanted = LoadedTcpPorts().process(
+        host.check_output(f"nft list table inet {NFT_TABLE}").splitlines()
+    )
+    stale = "/tmp/plinth-stale-rules.nft"
+    host.check_output(
+        f"sed 's/tcp dport {{ /tcp dport {{ 8081, /' {NFTABLES_CONF} > {stale} && nft -f {stale}"
+    )
+    loaded = host.check_output(f"nft list table inet {NFT_TABLE}").splitlines()
+    assert LoadedTcpPorts().process(loaded) == sorted([8081, *wanted])
+    deployed = run_deploy()
+    assert deployed.returncode == 0, deployed.stderr[-2000:]
+    loaded = host.check_output(f"nft list table inet {NFT_TABLE}").splitlines()
+    assert LoadedTcpPorts().process(loaded) == wanted
+    again = run_deploy()
+    assert again.returncode == 0 and again.totals["success"] == 0, again.stderr[-2000:]

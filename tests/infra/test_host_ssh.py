@@ -6,6 +6,7 @@ security updates pending, and Debian's unattended-upgrades installs them daily a
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -174,3 +175,74 @@ def test_a_redeploy_logs_in_as_the_deploy_user_and_changes_no_login(
     )
     assert f"Accepted publickey for {login_user(rehearsal)} " in logins, logins
     assert "for root " not in logins, logins
+
+
+def test_keys_that_leave_out_this_deploy_s_own_are_refused(
+    first_deploy, rehearsal, host, deploy, tmp_path
+):
+    """deploy_authorized_keys replaces the deploy user's keys, and root login is off: a list
+    without the key this deploy logs in with would lock every later deploy out, so it is
+    refused in one line before anything changes. With that key in it, the list is taken."""
+    other = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    other_key = other.with_suffix(".pub").read_text().strip()
+    keys_file = f"/home/{layout.DEPLOY_USER}/.ssh/authorized_keys"
+    before = host.file(keys_file).content_string
+    refused = deploy("--data", f"deploy_authorized_keys={json.dumps([other_key])}")
+    assert refused.returncode != 0
+    (line,) = [line for line in refused.stderr.splitlines() if "pyinfra error" in line]
+    assert "leaves out the key this deploy logs in with" in line, line
+    assert "Starting operation" not in refused.stderr
+    assert host.file(keys_file).content_string == before
+    # The deploy's own key plus another: taken (exactly these), and the next deploy logs in.
+    own = Path(f"{rehearsal['ssh_key']}.pub")
+    own_key = own.read_text().strip() if own.is_file() else before.split("\n")[0]
+    try:
+        taken = deploy("--data", f"deploy_authorized_keys={json.dumps([own_key, other_key])}")
+        assert taken.returncode == 0, taken.stderr[-2000:]
+        assert other_key.split()[1] in host.file(keys_file).content_string
+    finally:
+        restored = deploy("--data", f"deploy_authorized_keys={json.dumps([own_key])}")
+    assert restored.returncode == 0, restored.stderr[-2000:]
+    assert other_key.split()[1] not in host.file(keys_file).content_string
+
+
+def _until_logins_pass(rehearsal) -> None:
+    """A reload re-executes sshd: port 22 is closed for a moment."""
+    deadline = time.monotonic() + 10
+    while _ssh(rehearsal, login_user(rehearsal), "true").returncode != 0:
+        assert time.monotonic() < deadline, "sshd takes no login after its reload"
+        time.sleep(0.2)
+
+
+def test_a_policy_written_but_never_reloaded_is_reloaded_by_the_next_deploy(
+    first_deploy, rehearsal, host, deploy
+):
+    """A run that wrote sshd's policy and stopped before the reload: the file is up to date
+    from then on, so the file alone never calls for the reload, and the running sshd would
+    keep the old policy (root login on, after a first deploy). The policy in effect is
+    recorded when a reload succeeds; the next deploy sees it differs and reloads."""
+    wanted = host.file(layout.SSHD_DROPIN).content_string
+    assert "PermitRootLogin no" in wanted
+    older = wanted.replace("PermitRootLogin no", "PermitRootLogin prohibit-password")
+    stamp = f"{layout.APPLIED_DIR}/sshd"
+    try:
+        # As a deploy with the older policy left it: in effect, and recorded so.
+        host.check_output(f"printf '%s' {shlex.quote(older)} > {layout.SSHD_DROPIN}")
+        host.check_output(
+            f"systemctl reload ssh && printf '%s' {shlex.quote(older)} | "
+            f"sha1sum | cut -d' ' -f1 > {stamp}"
+        )
+        _until_logins_pass(rehearsal)
+        # ... then the interrupted run: the new file written, no reload.
+        host.check_output(f"printf '%s' {shlex.quote(wanted)} > {layout.SSHD_DROPIN}")
+        assert _ssh(rehearsal, "root", "true").returncode == 0  # sshd still runs the older
+        run = deploy()
+        assert run.returncode == 0, run.stderr[-2000:]
+        _until_logins_pass(rehearsal)
+    finally:
+        host.check_output(f"printf '%s' {shlex.quote(wanted)} > {layout.SSHD_DROPIN}")
+    result = _ssh(rehearsal, "root", "true")
+    assert result.returncode == 255 and "Permission denied" in result.stderr, result.stderr
+    again = deploy()
+    assert again.returncode == 0 and again.totals["success"] == 0, again.stderr[-2000:]

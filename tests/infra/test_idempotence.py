@@ -64,3 +64,25 @@ def test_a_dry_run_changes_nothing_on_the_host(host, deploy):
     fixed = deploy()
     assert fixed.returncode == 0, fixed.stderr[-3000:]
     assert edit not in host.file(layout.NGINX_SITE).content_string
+
+
+def test_a_unit_written_but_never_loaded_is_loaded_by_the_next_deploy(host, deploy):
+    """A run that wrote the service's unit and stopped before the daemon-reload: the file is
+    up to date from then on, and only systemd knows it still runs the old definition. The
+    next deploy asks systemd (NeedDaemonReload), reloads it and restarts the service."""
+    unit = f"{layout.SYSTEMD_UNIT_DIR}/{layout.SERVICE_UNIT}"
+    timeout = f"systemctl show -p TimeoutStopUSec --value {layout.SERVICE_UNIT}"
+    stale = f"systemctl show -p NeedDaemonReload --value {layout.SERVICE_UNIT}"
+    assert "\nTimeoutStopSec=40\n" in host.file(unit).content_string
+    host.check_output(f"sed -i 's/^TimeoutStopSec=40$/TimeoutStopSec=41/' {unit}")
+    host.check_output(f"systemctl daemon-reload && systemctl restart {layout.SERVICE_UNIT}")
+    assert host.check_output(timeout) == "41s"
+    # The interrupted run: the unit as the deploy renders it, and no daemon-reload.
+    host.check_output(f"sed -i 's/^TimeoutStopSec=41$/TimeoutStopSec=40/' {unit}")
+    assert host.check_output(stale) == "yes"
+    run = deploy()
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert host.check_output(stale) == "no"
+    assert host.check_output(timeout) == "40s"
+    again = deploy()
+    assert again.returncode == 0 and again.totals["success"] == 0, again.stderr[-3000:]

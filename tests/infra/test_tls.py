@@ -17,6 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 
+from infra.deploys.tls import TLS_DEFAULTS
 from tests.infra.conftest import run_deploy
 
 pytestmark = pytest.mark.infra
@@ -387,6 +388,29 @@ def _served_names(target) -> list[str]:
     cert = _served_certificate(target)
     names = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
     return sorted(names.get_values_for_type(x509.DNSName))
+
+
+def test_a_new_webroot_reissues_so_that_renewals_use_it(target, host):
+    """certbot renews with the webroot it issued with (its renewal configuration): a new
+    tls_acme_webroot, which nginx serves from then on, re-issues the certificate so that it
+    is recorded there, and a renewal against the ACME server then passes."""
+    webroot, conf = "/var/www/plinth-acme-test", "/etc/letsencrypt/renewal/plinth.conf"
+    renew = (  # a real renewal (a dry run would ask Let's Encrypt's staging, not this CA)
+        f"REQUESTS_CA_BUNDLE={HOST_CA_BUNDLE} certbot renew --force-renewal --cert-name plinth "
+        "--no-random-sleep-on-renew --non-interactive"
+    )
+    try:
+        moved = run_deploy("--data", f"tls_acme_webroot={webroot}")
+        assert moved.returncode == 0, moved.stderr[-2000:]
+        assert f"webroot_path = {webroot}," in host.file(conf).content_string
+        renewal = host.run(renew)
+        assert renewal.rc == 0, renewal.stdout + renewal.stderr
+        again = run_deploy("--data", f"tls_acme_webroot={webroot}")
+        assert again.returncode == 0 and again.totals["success"] == 0, again.stderr[-2000:]
+    finally:
+        assert run_deploy().returncode == 0
+        host.run(f"rm -rf {webroot}")
+    assert f"webroot_path = {TLS_DEFAULTS['tls_acme_webroot']}," in host.file(conf).content_string
 
 
 def test_changing_the_domain_list_reissues_and_an_unchanged_one_does_not(target):
