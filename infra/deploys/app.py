@@ -9,7 +9,7 @@ from functools import cache
 from pyinfra import host
 from pyinfra.api import DeployError, deploy
 from pyinfra.facts.files import File, Link
-from pyinfra.facts.server import LinuxDistribution
+from pyinfra.facts.server import Arch, LinuxDistribution
 from pyinfra.operations import apt, files, systemd
 from pyinfra.operations.util import any_changed
 
@@ -82,7 +82,8 @@ def host_target() -> Target:
         return Target(found["python"], found["glibc"], found["machine"])
     release = str((host.get_fact(LinuxDistribution) or {}).get("major"))
     known = layout.SUPPORTED_DEBIAN.get(release) or layout.SUPPORTED_DEBIAN["12"]
-    return Target(known["python"], known["glibc"])
+    # The machine too (uname -m): an arm64 host must not get x86_64 wheels on its first run.
+    return Target(known["python"], known["glibc"], host.get_fact(Arch) or "x86_64")
 
 
 def require_provisioned() -> None:
