@@ -12,6 +12,7 @@ as the deploy user, changes nothing."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import shlex
 import subprocess
 from pathlib import Path
@@ -148,12 +149,27 @@ def _keeps_this_login(data, user: str, keys: list[str]) -> None:
             ["ssh-keygen", "-y", "-P", "", "-f", str(key_file)], capture_output=True, text=True
         )
         line = derived.stdout if derived.returncode == 0 else ""
-    login_key = line.split()[:2]
-    if login_key and login_key not in [key.split()[:2] for key in keys]:
+    login_key = _key_blob(line)
+    listed = []
+    for key in keys:  # an entry may be a file of keys on this machine, as pyinfra reads it
+        path = Path(key).expanduser()
+        lines = path.read_text().splitlines() if "\n" not in key and path.is_file() else [key]
+        listed += [_key_blob(text) for text in lines]
+    if login_key and login_key not in listed:
         raise DeployError(
             f"deploy_authorized_keys leaves out the key this deploy logs in with ({key_file}): "
             "root login is off, so the next deploy could not log in; add its public key"
         )
+
+
+def _key_blob(line: str) -> str | None:
+    """The base64 key of an authorized_keys line, after any options (`from="..." ssh-ed25519
+    AAAA... comment`): the token that follows the key type."""
+    tokens = line.split()
+    for kind, blob in itertools.pairwise(tokens):
+        if kind.startswith(("ssh-", "ecdsa-", "sk-")):
+            return blob
+    return None
 
 
 def _sha1(text: str) -> str:

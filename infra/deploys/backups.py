@@ -126,16 +126,22 @@ def restore_database(requested: str | None = None) -> None:
             f"test -f {d} || {{ printf 'no such dump: %s\\n' {d} >&2; exit 1; }}",
             f"systemctl stop {units}",
             # One shell: the service starts again whatever fails in it.
+            # Written beside its name and renamed once complete, as the nightly dumps: a
+            # truncated one must never look like the way back.
             f"umask 077; before={shlex.quote(before)}; "
-            f'if ! runuser -u postgres -- pg_dump --format=custom --dbname={db} --file="$before"; '
-            "then rc=1; echo 'restore not started: the database could not be dumped first' >&2; "
+            "if ! runuser -u postgres -- pg_dump --format=custom "
+            f'--dbname={db} --file="$before.partial" || ! mv "$before.partial" "$before"; '
+            'then rc=1; rm -f "$before.partial"; '
+            "echo 'restore not started: the database could not be dumped first' >&2; "
             # Root opens the dump (it may be anywhere root can read), pg_restore reads stdin.
-            f"elif runuser -u postgres -- pg_restore --clean --if-exists --single-transaction "
-            f"--exit-on-error --dbname={db} < {d} "
-            f"&& {converge_command(data.db_name, data.db_owner, data.db_user)}; "
-            'then rc=0; echo "restored; the database as it was before: $before"; '
-            'else rc=1; echo "restore failed (above): a failed pg_restore changes nothing, it '
-            'runs in one transaction; the database as it was: $before" >&2; fi; '
+            f"elif ! runuser -u postgres -- pg_restore --clean --if-exists --single-transaction "
+            f"--exit-on-error --dbname={db} < {d}; "
+            'then rc=1; echo "restore failed (above) and changed nothing (one transaction); '
+            'the database as it was is also in $before" >&2; '
+            f"elif ! {{ {converge_command(data.db_name, data.db_owner, data.db_user)}; }}; "
+            'then rc=1; echo "data restored, but setting its owner and grants failed (above): '
+            'run the whole deploy, which sets them again" >&2; '
+            'else rc=0; echo "restored; the database as it was before: $before"; fi; '
             f"systemctl start {units}; exit $rc",
         ],
     )

@@ -161,7 +161,10 @@ def _check_common(data) -> None:
         _fail(f"tls_cert_name {data.get('tls_cert_name')!r} must be a plain name, e.g. plinth")
     webroot = data.get("tls_acme_webroot")
     if not isinstance(webroot, str) or not ABSOLUTE_PATH.match(webroot):
-        _fail(f"tls_acme_webroot {webroot!r} must be an absolute path, e.g. /var/www/letsencrypt")
+        _fail(
+            f"tls_acme_webroot {webroot!r} must be an absolute path without a trailing /, "
+            "e.g. /var/www/letsencrypt"
+        )
 
 
 def tls_settings(data) -> dict:

@@ -72,7 +72,7 @@ _WORDS = {
         "a zone, e.g. Etc/UTC",
     ),
     "journald_system_max_use": (re.compile(r"^[0-9]+[KMGTPE]?$"), "a journald size, e.g. 500M"),
-    "backup_dir": (ABSOLUTE_PATH, "an absolute path, e.g. /var/backups/plinth"),
+    "backup_dir": (ABSOLUTE_PATH, "an absolute path without a trailing /, e.g. /var/backups/x"),
     "journald_max_file_sec": (
         re.compile(r"^[0-9]+ ?(us|ms|s|sec|m|min|h|hr|d|day|w|week|M|month|y|year)?$"),
         "a journald time span, e.g. 1month",
@@ -172,6 +172,8 @@ def check_word(key: str, value) -> None:
 
 def check_systemd_value(key: str, value) -> None:
     verb, what = _SYSTEMD_VALUES[key]
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        value = str(value)  # seconds, as systemd reads a bare number
     if not isinstance(value, str) or "\n" in value or not value.strip():
         _fail(f"{key} {value!r} is not {what}")
     if value == BACKUP_DEFAULTS[key]:

@@ -198,7 +198,9 @@ def test_keys_that_leave_out_this_deploy_s_own_are_refused(
     own = Path(f"{rehearsal['ssh_key']}.pub")
     own_key = own.read_text().strip() if own.is_file() else before.split("\n")[0]
     try:
-        taken = deploy("--data", f"deploy_authorized_keys={json.dumps([own_key, other_key])}")
+        # Options before a key do not hide it (no-X11-forwarding: sshd's policy has it anyway).
+        with_options = f"no-X11-forwarding {own_key}"
+        taken = deploy("--data", f"deploy_authorized_keys={json.dumps([with_options, other_key])}")
         assert taken.returncode == 0, taken.stderr[-2000:]
         assert other_key.split()[1] in host.file(keys_file).content_string
     finally:

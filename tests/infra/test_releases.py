@@ -304,6 +304,27 @@ def test_a_rollback_while_the_service_is_down_starts_it_and_checks_it(first_depl
     assert served_release_dirs(rehearsal) == {current_release(rehearsal)}
 
 
+def test_a_rollback_that_cannot_start_any_release_fails_in_one_line(first_deploy, rehearsal):
+    """Every release fails to start (a setting none accepts, as a broken env file by hand):
+    the rollback starts the target, then the previous one, and ends with the one line that
+    says neither serves; no traceback. The service's start limit does not stop the tries."""
+    deployed("test-nostart-1")
+    deployed("test-nostart-2")
+    env = layout.ENV_FILE
+    ssh(rehearsal, f"cp -p {env} {env}.test && echo PLINTH_WORKERS=many >> {env}")
+    try:
+        ssh(rehearsal, f"systemctl stop {layout.SOCKET_UNIT} {layout.SERVICE_UNIT}")
+        run = rollback()
+        assert run.returncode != 0
+        assert "Traceback" not in run.stderr, run.stderr[-3000:]
+        (line,) = [line for line in run.stderr.splitlines() if "plinth-release: error:" in line]
+        assert "ROLLBACK FAILED" in line, line
+    finally:
+        ssh(rehearsal, f"mv -f {env}.test {env}")
+    assert deploy_revision("test-nostart-3").returncode == 0  # the next deploy starts it
+    assert https_status(rehearsal, "/readyz") == 200
+
+
 def test_rollback_to_a_release_not_installed_fails_in_one_line(first_deploy, rehearsal):
     before = current_release(rehearsal)
     run = rollback(PLINTH_ROLLBACK_TO="0.1.0-nowhere")
