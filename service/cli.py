@@ -91,8 +91,15 @@ def serve() -> int:
             if self._started:
                 try:
                     self.settings = _validated_settings(with_models=True)
+                    gunicorn_conf.check_bind_here(self.settings)
                 except ConfigError as error:
                     logger.error("reload ignored, keeping previous settings: %s", error)
+                except Exception as error:  # whatever else: the master must live on
+                    logger.error(
+                        "reload ignored, keeping previous settings: %s while reading them "
+                        "(plinth check-config tells more)",
+                        type(error).__name__,
+                    )
             self._started = True
             for key, value in gunicorn_conf.options(self.settings).items():
                 self.cfg.set(key, value)

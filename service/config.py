@@ -154,6 +154,19 @@ def _check_database_url(variable: str, secret: SecretStr | None, *, production: 
         raise ConfigError(variable, "must use the psycopg driver (postgresql+psycopg://...)")
     if url.port is not None and not 1 <= url.port <= 65535:
         raise ConfigError(variable, "has a port outside 1..65535")
+    if url.host and ("@" in url.host or any(c.isspace() for c in url.host)):
+        # An unencoded '@' in the password: the rest of it became the host name, which a
+        # failed connection would then print (in the deploy's output, in the journal).
+        raise ConfigError(
+            variable,
+            "is not a valid database URL; percent-encode special characters in the password",
+        )
+    from sqlalchemy.exc import ArgumentError
+
+    try:  # what the engine will hand psycopg (host/port lists, ?port=...), without connecting
+        url.set(drivername="postgresql+psycopg").get_dialect()().create_connect_args(url)
+    except (ArgumentError, ValueError, TypeError):
+        raise ConfigError(variable, "has connection arguments the driver refuses") from None
     # The query's parameters go to libpq as they are: a misspelt one (`sslmod`) would refuse
     # every connection at the first request. libpq's own parser knows the names (psycopg's
     # make_conninfo asks it); their values are only judged when connecting (/readyz says).

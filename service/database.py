@@ -47,8 +47,19 @@ def build_engine(
         connect_args=_connect_args(settings, url.query.get("options")),
     )
     if on_pool_change is not None:
-        event.listen(engine, "checkout", lambda *_: on_pool_change(+1))
-        event.listen(engine, "checkin", lambda *_: on_pool_change(-1))
+        # Counted back in only what was counted out: SQLAlchemy also checks in a connection
+        # whose checkout failed (a pre-ping that could not reconnect during an outage), and
+        # the gauge would drift below zero for good.
+        def checked_out(_dbapi, record, _proxy):
+            record.info["plinth_counted"] = True
+            on_pool_change(+1)
+
+        def checked_in(_dbapi, record):
+            if record is not None and record.info.pop("plinth_counted", False):
+                on_pool_change(-1)
+
+        event.listen(engine, "checkout", checked_out)
+        event.listen(engine, "checkin", checked_in)
     return engine
 
 

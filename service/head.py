@@ -25,4 +25,12 @@ class HeadAsGet:
                 message = {"type": "http.response.body", "body": b"", "more_body": False}
             await send(message)
 
-        await self.app({**scope, "method": "GET"}, receive, send_without_body)
+        as_get = {**scope, "method": "GET"}
+        try:
+            await self.app(as_get, receive, send_without_body)
+        finally:
+            # What routing learnt (the route, for the metrics and the access log) belongs to
+            # the request the outer middleware sees; its method stays HEAD.
+            for key in ("route", "endpoint", "path_params"):
+                if key in as_get:
+                    scope[key] = as_get[key]

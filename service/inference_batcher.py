@@ -20,6 +20,7 @@ glue between this service's executor, its timeouts and its persistence rows, in 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections import deque
@@ -183,6 +184,26 @@ def _acknowledge(
         done.set_result(answer)
 
 
+def leaves(value: object):
+    """Every number and string in `value` (a model_dump: dicts, lists, scalars)."""
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from leaves(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from leaves(item)
+    else:
+        yield value
+
+
+def non_finite(value: object) -> bool:
+    return any(isinstance(leaf, float) and not math.isfinite(leaf) for leaf in leaves(value))
+
+
+def _has_nul(value: object) -> bool:
+    return any(isinstance(leaf, str) and "\x00" in leaf for leaf in leaves(value))
+
+
 def _predict(model: LoadedModel, batch: list[_Request]) -> list[Inference]:
     """In the inference thread: one predict call for the whole batch, then each request's
     ids, outputs and rows (input and output as JSON text, parsed by the database as jsonb)."""
@@ -202,9 +223,19 @@ def _predict(model: LoadedModel, batch: list[_Request]) -> list[Inference]:
         latency.observe(elapsed)
         ids = [uuid.uuid4() for _ in request.items]
         mine = outputs[start:end]
+        # JSON would carry NaN as null (a required number gone), and PostgreSQL refuses a NUL:
+        # the model's fault, never answered nor stored, unless the NUL came in with this
+        # request's input (the database refuses it, a 422: the client's data). Raised for the
+        # batch, which is then run again request by request, so only this one fails.
+        nul_in = _has_nul([item.model_dump() for item in request.items])
+        for output in mine:
+            dump = output.model_dump()
+            if non_finite(dump) or (not nul_in and _has_nul(dump)):
+                raise RuntimeError(f"model {name!r} returned a non-finite number or a NUL")
         rows = [
-            (id_, name, version, request.request_id, item.model_dump_json(),
-             output.model_dump_json(), elapsed * 1000)
+            # By alias, as the API reads and answers them: a stored input can be sent again.
+            (id_, name, version, request.request_id, item.model_dump_json(by_alias=True),
+             output.model_dump_json(by_alias=True), elapsed * 1000)
             for id_, item, output in zip(ids, request.items, mine, strict=True)
         ]  # fmt: skip
         answers.append(Inference(ids, mine, rows))

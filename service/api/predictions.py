@@ -22,7 +22,7 @@ from service.config import Settings
 from service.context import current_request_id
 from service.database import get_prediction
 from service.errors import ProblemError, problem_responses
-from service.inference_batcher import InferenceTimeout
+from service.inference_batcher import InferenceTimeout, non_finite
 from service.predictors import LoadedModel, ModelRegistry
 
 # 422 covers a body that is not JSON too (service.api.json_body).
@@ -93,6 +93,14 @@ def _add_predict_route(
         except RequestValidationError as error:
             raise _oversized_batch(error, settings.max_batch_size) or error from None
         batch = body.inputs  # type: ignore[attr-defined]
+        if any(non_finite(item.model_dump()) for item in batch):
+            # JSON's extensions Infinity and NaN parse as floats: the model would see them,
+            # and the record would keep null instead.
+            raise ProblemError(
+                422,
+                "inputs must not hold NaN or Infinity",
+                problem_type="urn:plinth:problem:non-finite-input",
+            )
         request_id = current_request_id() or uuid.uuid4().hex
         # Inference runs off the event loop (a model may be slow or CPU-bound), batched with
         # concurrent requests, then the rows are group-committed with those of concurrent

@@ -92,8 +92,11 @@ def _predictor_class(manifest: Manifest) -> type[Predictor]:
 
 def load_model(artifacts_dir: Path, name: str) -> LoadedModel:
     model_dir = artifacts_dir / name
-    manifest = _read_manifest(model_dir, name)
-    artifact = _verified_artifact(model_dir, manifest)
+    try:
+        manifest = _read_manifest(model_dir, name)
+        artifact = _verified_artifact(model_dir, manifest)
+    except OSError as error:  # is_file() itself: a name too long, a directory not searchable
+        raise ModelLoadError(f"model {name!r}: {_unreadable(model_dir, error)}") from None
     try:
         predictor = _predictor_class(manifest).load(artifact)
     except ModelLoadError:

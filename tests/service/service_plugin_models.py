@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Self
 
 from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
 
 
 class Echo(BaseModel):
@@ -80,3 +81,56 @@ class PickyPredictor(RecordingPredictor):
         if any(item.value == 13 for item in batch):  # type: ignore[attr-defined]
             raise ValueError("13 is unlucky")
         return outputs
+
+
+class Reading(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str
+    score: float
+
+
+class FaultyOutputPredictor:
+    """Answers with what JSON and PostgreSQL cannot carry when asked: "nan" gives a NaN score,
+    "nul" a NUL in its text."""
+
+    input_schema = Text
+    output_schema = Reading
+
+    @classmethod
+    def load(cls, artifact: Path) -> Self:
+        return cls()
+
+    def predict(self, batch: Sequence[BaseModel]) -> list[BaseModel]:
+        faults = {"nan": ("ok", float("nan")), "nul": ("ok\x00", 1.0)}
+        return [
+            Reading(**dict(zip(("text", "score"), faults.get(item.text, ("ok", 1.0)), strict=True)))  # type: ignore[attr-defined]
+            for item in batch
+        ]
+
+
+class Applicant(BaseModel):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+    annual_income: float
+    loan_amount: float
+
+
+class Approval(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+    approval_score: float
+
+
+class CamelCasePredictor:
+    """A plug-in whose wire format is camelCase (pydantic aliases)."""
+
+    input_schema = Applicant
+    output_schema = Approval
+
+    @classmethod
+    def load(cls, artifact: Path) -> Self:
+        return cls()
+
+    def predict(self, batch: Sequence[BaseModel]) -> list[BaseModel]:
+        return [
+            Approval(approval_score=item.loan_amount / item.annual_income)  # type: ignore[attr-defined]
+            for item in batch
+        ]

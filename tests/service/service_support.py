@@ -42,7 +42,7 @@ def write_model(artifacts_dir: Path, name: str, predictor: str, weights: dict) -
 
 def artifacts_with_test_models(root: Path, *, sleepy_delay: float = 1.0) -> Path:
     """A copy of the packaged artifacts plus the ``sleepy``, ``broken``, ``parrot``,
-    ``recorder`` and ``picky`` test models."""
+    ``recorder``, ``picky``, ``faulty`` and ``camel`` test models."""
     artifacts = root / "artifacts"
     shutil.copytree(PACKAGED_ARTIFACTS_DIR, artifacts)
     write_model(
@@ -53,6 +53,8 @@ def artifacts_with_test_models(root: Path, *, sleepy_delay: float = 1.0) -> Path
     )
     write_model(artifacts, "broken", "service_plugin_models:BrokenPredictor", {"delay_seconds": 0})
     write_model(artifacts, "parrot", "service_plugin_models:ParrotPredictor", {})
+    write_model(artifacts, "faulty", "service_plugin_models:FaultyOutputPredictor", {})
+    write_model(artifacts, "camel", "service_plugin_models:CamelCasePredictor", {})
     # A short pause per batch lets concurrent requests queue up behind it.
     pause = {"delay_seconds": 0.02}
     write_model(artifacts, "recorder", "service_plugin_models:RecordingPredictor", pause)
@@ -85,3 +87,11 @@ def wait_until_ready(
             last_error = error
         time.sleep(0.2)
     raise AssertionError(f"service not ready after {timeout}s: {last_error}")
+
+
+def pool_in_use(client) -> float:
+    """plinth_db_pool_connections_in_use as /metrics reports it."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("plinth_db_pool_connections_in_use "):
+            return float(line.split()[1])
+    raise AssertionError("/metrics has no plinth_db_pool_connections_in_use sample")

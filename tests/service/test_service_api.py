@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
-from service_support import IRIS_INPUT
+from service_support import IRIS_INPUT, pool_in_use
 
 from service.app import create_app
 from service.config import Settings
@@ -224,6 +224,18 @@ def test_head_answers_as_get_without_a_body(client: TestClient, path: str) -> No
     assert head.headers["content-type"] == get.headers["content-type"]
 
 
+def test_head_is_counted_under_its_route(client: TestClient) -> None:
+    series = 'plinth_http_requests_total{method="HEAD",route="/healthz",status="200"}'
+
+    def count() -> float:
+        lines = client.get("/metrics").text.splitlines()
+        return next((float(line.split()[-1]) for line in lines if line.startswith(series)), 0.0)
+
+    before = count()
+    client.head("/healthz")
+    assert count() == before + 1  # not under "<unmatched>"
+
+
 def test_head_of_a_post_only_route_is_405(client: TestClient) -> None:
     response = client.head("/v1/models/iris/predict")
     assert response.status_code == 405
@@ -254,19 +266,12 @@ def test_metrics_exposition(client: TestClient) -> None:
     assert "plinth_db_pool_connections_in_use" in text
 
 
-def _pool_in_use(client: TestClient) -> float:
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith("plinth_db_pool_connections_in_use "):
-            return float(line.split()[1])
-    raise AssertionError("/metrics has no plinth_db_pool_connections_in_use sample")
-
-
 def test_pool_gauge_counts_the_connections_in_use(client: TestClient) -> None:
     predict(client, [IRIS_INPUT])  # its write counted in use, then out again
-    idle = _pool_in_use(client)
+    idle = pool_in_use(client)
     with client.app.state.engine.connect():  # one checked out of the pool
-        assert _pool_in_use(client) == idle + 1
-    assert _pool_in_use(client) == idle
+        assert pool_in_use(client) == idle + 1
+    assert pool_in_use(client) == idle
 
 
 def test_database_unreachable_gives_503_with_retry_after(

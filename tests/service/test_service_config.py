@@ -116,6 +116,11 @@ PRODUCTION_CASES = [
         {"PLINTH_DATABASE_URL": GOOD_URL + "?sslmod=require"},
         "PLINTH_DATABASE_URL has an unknown connection parameter 'sslmod'",
     ),
+    # What only the engine parses (a port list, a port that is no number): every worker died.
+    (
+        {"PLINTH_DATABASE_URL": GOOD_URL + "?port=abc"},
+        "PLINTH_DATABASE_URL has connection arguments the driver refuses",
+    ),
     # A huge number overflowed in Gunicorn's master (its main loop died, then the service).
     (
         {"PLINTH_DATABASE_URL": GOOD_URL, "PLINTH_TIMEOUT_SECONDS": "1" + "0" * 400},
@@ -155,6 +160,9 @@ def test_bind_accepts_what_gunicorn_serves_on(check_config, bind: str) -> None:
         # '@' and ':' in a password that is not percent-encoded: the rest reads as a port.
         "postgresql+psycopg://plinth:s3cr3t@ss:w0rd@db/plinth",
         "postgresql+psycopg://plinth:w0rd@db:notaport/plinth",
+        # No ':' after the second '@': the rest of the password became the host name, which
+        # `plinth migrate` then printed in its connection error.
+        "postgresql+psycopg://plinth:s3cr@tPassw0rd@db.internal:5432/plinth",
     ],
 )
 @pytest.mark.parametrize("variable", ["PLINTH_DATABASE_URL", "PLINTH_MIGRATION_DATABASE_URL"])

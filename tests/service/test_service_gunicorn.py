@@ -363,6 +363,8 @@ def test_hup_with_a_bad_settings_file_keeps_serving_and_a_good_one_applies(
             # Valid settings, but a model the workers could not load; the larger batch limit
             # beside it must not apply either.
             "PLINTH_MODELS=iris,sleepy,missing\nPLINTH_MAX_BATCH_SIZE=8\n",
+            # A model name no file system takes (ENAMETOOLONG): it killed the master.
+            f"PLINTH_MODELS=iris,sleepy,{'m' * 300}\nPLINTH_MAX_BATCH_SIZE=8\n",
         ]
         for number, bad in enumerate(bad_edits, start=1):
             _reload(served, env_file, bad)

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
-from service_support import IRIS_INPUT
+from service_support import IRIS_INPUT, pool_in_use
 from sqlalchemy import make_url
 from throwaway_pg import ThrowawayPostgres
 
@@ -37,6 +37,7 @@ def test_readiness_and_predictions_follow_the_database(
         predict = {"inputs": [IRIS_INPUT]}
         assert client.post("/v1/models/iris/predict", json=predict).status_code == 200
 
+        in_use = pool_in_use(client)
         own_server.stop()
         ready = client.get("/readyz")
         assert ready.status_code == 503
@@ -54,6 +55,8 @@ def test_readiness_and_predictions_follow_the_database(
         assert back.status_code == 200
         prediction_id = back.json()["predictions"][0]["id"]
         assert client.get(f"/v1/predictions/{prediction_id}").status_code == 200
+        # The failed checkouts of the outage were not counted back in (it drifted below 0).
+        assert pool_in_use(client) == in_use
 
 
 @pytest.fixture
