@@ -162,6 +162,8 @@ class PredictionWriter:
         try:
             try:
                 await self._attempt(columns)
+            except NoAnswer:
+                raise  # its time is spent: another try would double the client's wait
             except psycopg.OperationalError:
                 if self._connection is not None and not self._connection.broken:
                     raise  # e.g. the statement timeout: the server is up, do not hammer it
@@ -182,7 +184,11 @@ class PredictionWriter:
             connection, self._connection = self._connection, None
             if connection is not None:
                 await connection.close()
-            raise psycopg.OperationalError("the database did not answer in time") from None
+            raise NoAnswer("the database did not answer in time") from None
+
+
+class NoAnswer(psycopg.OperationalError):
+    """The database did not answer within the writer's time limit (a stalled server)."""
 
 
 def _succeed(batch: list[_Request]) -> None:

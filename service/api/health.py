@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Literal
 
 from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -47,13 +49,21 @@ def _migrations_check(revision: str | None, head: str | None, known: frozenset[s
 
 
 @router.get("/readyz", response_model=Readiness, responses=_READINESS_RESPONSES)
-def readyz(request: Request) -> Readiness:
+async def readyz(request: Request) -> Readiness:
     """Ready when the database answers and takes writes, its migrations are at this release's
     head (or ahead: a newer release's, rolled back from) and every model is loaded."""
     state = request.app.state
+    settings = state.settings
     checks: dict[str, str] = {}
+    # A stalled server (storage hung, VM paused) still accepts TCP and never enforces its
+    # statement timeout: without a deadline of our own, the probe would hang with it.
+    deadline = settings.db_statement_timeout_ms / 1000 + settings.db_pool_timeout_seconds
     try:
-        database = database_state(state.engine)
+        async with asyncio.timeout(deadline):
+            database = await run_in_threadpool(database_state, state.engine)
+    except TimeoutError:
+        checks["database"] = f"failed: no answer within {deadline:g} s"
+        checks["migrations"] = "unknown: database unavailable"
     except SQLAlchemyError as error:
         checks["database"] = f"failed: {type(error).__name__}"
         checks["migrations"] = "unknown: database unavailable"

@@ -3,7 +3,12 @@ that turned read-only (a fail-over to a standby) is not ready and predictions an
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
+import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,3 +127,57 @@ def test_a_database_that_is_not_migrated_is_not_ready_and_requests_are_503(
             assert response.status_code == 503, response.text
             assert response.headers["content-type"] == "application/problem+json"
             assert response.headers["retry-after"].isdigit()
+
+
+def _signal_server(server: ThrowawayPostgres, number: int) -> None:
+    """The postmaster and its backends: SIGSTOP freezes the server as a hung disk or a paused
+    VM does (connections stay open, nothing answers); SIGCONT thaws it."""
+    assert server.process is not None
+    children = subprocess.run(
+        ["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True
+    ).stdout.split()
+    for pid in [server.process.pid, *map(int, children)]:
+        os.kill(pid, number)
+
+
+def _answer_within(call, seconds: float):
+    """`call()`'s result, or a failure if it has none within `seconds` (a hang)."""
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(call()), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert result, f"no answer within {seconds} s"
+    return result[0]
+
+
+def test_a_stalled_database_is_not_ready_and_predictions_answer_503(
+    own_server: ThrowawayPostgres, settings: Settings
+) -> None:
+    """A server that accepts and never answers: readiness says so within its own deadline
+    (statement timeout + pool timeout) instead of hanging, and a prediction answers 503 after
+    one try, not two."""
+    private = settings.model_copy(
+        update={
+            "database_url": SecretStr(own_server.url()),
+            "db_statement_timeout_ms": 1000,
+            "db_pool_timeout_seconds": 1,
+        }
+    )
+    predict = {"inputs": [IRIS_INPUT]}
+    with TestClient(create_app(private), raise_server_exceptions=False) as client:
+        assert client.get("/readyz").status_code == 200
+        assert client.post("/v1/models/iris/predict", json=predict).status_code == 200
+        _signal_server(own_server, signal.SIGSTOP)
+        try:
+            ready = _answer_within(lambda: client.get("/readyz"), 30)
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["database"] == "failed: no answer within 2 s"
+            down = _answer_within(lambda: client.post("/v1/models/iris/predict", json=predict), 30)
+            assert down.status_code == 503, down.text
+        finally:
+            _signal_server(own_server, signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "not ready once the server answers again"
+            time.sleep(0.2)
+        assert client.post("/v1/models/iris/predict", json=predict).status_code == 200
