@@ -468,6 +468,15 @@ def test_releases_share_one_dependency_layer_and_unused_layers_go(first_deploy, 
     assert ssh(rehearsal, probe).startswith(f"{layout.DEPS_DIR}/{named.pop()}/")
 
 
+def deploy_breaking_the_lock():
+    """The whole deploy with PLINTH_DEPLOY_LOCK=break."""
+    os.environ["PLINTH_DEPLOY_LOCK"] = "break"
+    try:
+        return run_deploy()
+    finally:
+        del os.environ["PLINTH_DEPLOY_LOCK"]
+
+
 def test_a_second_deploy_fails_naming_the_lock_holder_until_it_is_broken(first_deploy, rehearsal):
     holder = subprocess.Popen(
         ssh_argv(
@@ -481,11 +490,7 @@ def test_a_second_deploy_fails_naming_the_lock_holder_until_it_is_broken(first_d
         run = run_deploy()
         assert run.returncode != 0
         assert "deploy lock /run/lock/plinth-deploy is held by someone-else" in run.stderr
-        os.environ["PLINTH_DEPLOY_LOCK"] = "break"
-        try:
-            broken = run_deploy()
-        finally:
-            del os.environ["PLINTH_DEPLOY_LOCK"]
+        broken = deploy_breaking_the_lock()
         assert broken.returncode == 0, broken.stderr[-2000:]
         assert "broke the deploy lock held by someone-else" in broken.stderr  # said aloud
     finally:
@@ -502,11 +507,7 @@ def test_breaking_a_free_lock_signals_no_one(first_deploy, rehearsal):
         pid = ssh(rehearsal, f"systemctl show -p MainPID --value {unit}")
         note = json.dumps({"who": "gone@away", "since": "then", "holder_pid": int(pid)})
         ssh(rehearsal, f"printf '%s' {shlex.quote(note)} > {info}")
-        os.environ["PLINTH_DEPLOY_LOCK"] = "break"
-        try:
-            run = run_deploy()
-        finally:
-            del os.environ["PLINTH_DEPLOY_LOCK"]
+        run = deploy_breaking_the_lock()
         assert run.returncode == 0, run.stderr[-2000:]
         assert "broke the deploy lock" not in run.stderr
         assert ssh(rehearsal, f"systemctl is-active {unit}") == "active"
