@@ -186,7 +186,7 @@ def test_keys_that_leave_out_this_deploy_s_own_are_refused(
     other = tmp_path / "other"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
     other_key = other.with_suffix(".pub").read_text().strip()
-    keys_file = f"/home/{layout.DEPLOY_USER}/.ssh/authorized_keys"
+    keys_file = f"/home/{login_user(rehearsal)}/.ssh/authorized_keys"  # Vagrant's: vagrant
     before = host.file(keys_file).content_string
     refused = deploy("--data", f"deploy_authorized_keys={json.dumps([other_key])}")
     assert refused.returncode != 0
@@ -222,29 +222,33 @@ def test_a_policy_written_but_never_reloaded_is_reloaded_by_the_next_deploy(
 ):
     """A run that wrote sshd's policy and stopped before the reload: the file is up to date
     from then on, so the file alone never calls for the reload, and the running sshd would
-    keep the old policy (root login on, after a first deploy). The policy in effect is
-    recorded when a reload succeeds; the next deploy sees it differs and reloads."""
+    keep the old policy (passwords, root login, after a first deploy). The policy in effect
+    is recorded when a reload succeeds; the next deploy sees it differs and reloads."""
     wanted = host.file(layout.SSHD_DROPIN).content_string
-    assert "PermitRootLogin no" in wanted
-    older = wanted.replace("PermitRootLogin no", "PermitRootLogin prohibit-password")
+    older = wanted.replace("AuthenticationMethods publickey", "AuthenticationMethods any")
+    older = older.replace("PasswordAuthentication no", "PasswordAuthentication yes")
+    assert older != wanted
     stamp = f"{layout.APPLIED_DIR}/sshd"
+    user = login_user(rehearsal)
+
+    def put(policy: str, reload: bool) -> None:
+        host.check_output(f"printf '%s' {shlex.quote(policy)} > {layout.SSHD_DROPIN}")
+        if reload:  # in effect, and recorded so (as a deploy of that policy leaves it)
+            host.check_output(
+                f"systemctl reload ssh && printf '%s' {shlex.quote(policy)} "
+                f"| sha1sum | cut -d' ' -f1 > {stamp}"
+            )
+            _until_logins_pass(rehearsal)
+
     try:
-        # As a deploy with the older policy left it: in effect, and recorded so.
-        host.check_output(f"printf '%s' {shlex.quote(older)} > {layout.SSHD_DROPIN}")
-        host.check_output(
-            f"systemctl reload ssh && printf '%s' {shlex.quote(older)} | "
-            f"sha1sum | cut -d' ' -f1 > {stamp}"
-        )
-        _until_logins_pass(rehearsal)
-        # ... then the interrupted run: the new file written, no reload.
-        host.check_output(f"printf '%s' {shlex.quote(wanted)} > {layout.SSHD_DROPIN}")
-        assert _ssh(rehearsal, "root", "true").returncode == 0  # sshd still runs the older
+        put(older, reload=True)
+        put(wanted, reload=False)  # the interrupted run: the new file, no reload
+        assert "password" in _offered_methods(rehearsal["address"], user)  # still the older
         run = deploy()
         assert run.returncode == 0, run.stderr[-2000:]
         _until_logins_pass(rehearsal)
+        assert _offered_methods(rehearsal["address"], user) == ["publickey"]
     finally:
-        host.check_output(f"printf '%s' {shlex.quote(wanted)} > {layout.SSHD_DROPIN}")
-    result = _ssh(rehearsal, "root", "true")
-    assert result.returncode == 255 and "Permission denied" in result.stderr, result.stderr
+        put(wanted, reload=True)  # whatever happened: the wanted policy in effect, recorded
     again = deploy()
     assert again.returncode == 0 and again.totals["success"] == 0, again.stderr[-2000:]
