@@ -11,7 +11,6 @@ as the deploy user, changes nothing."""
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import shlex
 import subprocess
@@ -25,7 +24,7 @@ from pyinfra.operations import apt, python, server, systemd
 
 from infra.deploys import layout
 from infra.deploys.accounts import account
-from infra.deploys.hostops import applied, reload_pending, validated_file
+from infra.deploys.hostops import applied, reload_pending, sha1_of, validated_file
 from infra.deploys.login import LoginError, prove_deploy_login
 from infra.deploys.templating import render
 
@@ -99,7 +98,7 @@ def access() -> None:
         deploy_user=user,
         **{key: _whole_number(data, key) for key in SSHD_NUMBERS},
     )
-    policy_changes = host.get_fact(Sha1File, path=layout.SSHD_DROPIN) != _sha1(policy)
+    policy_changes = host.get_fact(Sha1File, path=layout.SSHD_DROPIN) != sha1_of(policy)
     if policy_changes and data.get("ssh_user") != user:
         # This run did not log in as the deploy user: prove it can before root login goes.
         python.call(
@@ -170,10 +169,6 @@ def _key_blob(line: str) -> str | None:
         if kind.startswith(("ssh-", "ecdsa-", "sk-")):
             return blob
     return None
-
-
-def _sha1(text: str) -> str:
-    return hashlib.sha1(text.encode()).hexdigest()  # noqa: S324 (a checksum, as Sha1File)
 
 
 def _prove_login(state, host, login_data: dict, user: str) -> bool:

@@ -18,12 +18,12 @@ from infra.deploys.cutover import RELEASE_DEFAULTS, release_cutover, release_too
 from infra.deploys.hostops import (
     HostPython,
     PathsFresh,
-    UnitsNotLoaded,
     config_directory,
     host_roles,
     pruned,
     render_with_secret,
     secret_file,
+    units_to_reload,
 )
 from infra.deploys.installs import (
     RELEASE_INSTALLER_PACKAGE,
@@ -294,8 +294,4 @@ def _units(data):
         name=layout.SERVICE_UNIT,
         ip_address_allow=" ".join(["localhost", *data.app_ip_address_allow]),
     )
-    written = any_changed(socket, service)
-    not_loaded = host.get_fact(
-        UnitsNotLoaded, units=[layout.SOCKET_UNIT, layout.SERVICE_UNIT]
-    )  # a run that stopped between writing them and the daemon-reload
-    return lambda: bool(not_loaded) or written()
+    return units_to_reload([layout.SOCKET_UNIT, layout.SERVICE_UNIT], socket, service)

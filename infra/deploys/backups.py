@@ -10,11 +10,10 @@ from datetime import UTC, datetime
 from pyinfra import host
 from pyinfra.api import DeployError, FactBase, deploy
 from pyinfra.operations import files, server, systemd
-from pyinfra.operations.util import any_changed
 
 from infra.deploys import layout
 from infra.deploys.database_roles import converge_command
-from infra.deploys.hostops import UnitsNotLoaded
+from infra.deploys.hostops import units_to_reload
 from infra.deploys.postgres import DB_CONNECTION_DEFAULTS
 from infra.deploys.templating import template
 
@@ -75,10 +74,9 @@ def backups() -> None:
             **common,
         ),
     ]
-    written = any_changed(*changed)
-    not_loaded = host.get_fact(UnitsNotLoaded, units=[BACKUP_UNIT, BACKUP_TIMER])
     systemd.daemon_reload(
-        name="systemd reads the backup units", _if=lambda: bool(not_loaded) or written()
+        name="systemd reads the backup units",
+        _if=units_to_reload([BACKUP_UNIT, BACKUP_TIMER], *changed),
     )
     systemd.service(name=f"{BACKUP_TIMER} active", service=BACKUP_TIMER, running=True, enabled=True)
 

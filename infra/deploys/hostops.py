@@ -10,8 +10,14 @@ from io import StringIO
 from pyinfra import host
 from pyinfra.api import FactBase, FileUploadCommand, operation
 from pyinfra.facts.files import File, Sha1File
+from pyinfra.operations.util import any_changed
 
 from infra.deploys import layout
+
+
+def sha1_of(text: str) -> str:
+    """The hex SHA-1 of `text`, as sha1sum and pyinfra's Sha1File print a file's."""
+    return hashlib.sha1(text.encode()).hexdigest()  # noqa: S324 (a checksum, not a secret)
 
 
 class HostPython(FactBase):
@@ -181,7 +187,7 @@ def reload_pending(key: str, content: str) -> bool:
     """Whether `content` (a configuration file's) is not known to be in effect: a run that
     wrote it but stopped before the reload leaves it so, and the file alone says nothing (it
     is up to date on the next run). Condition a reload on it besides the file's own change."""
-    return host.get_fact(AppliedChecksum, key=key) != hashlib.sha1(content.encode()).hexdigest()  # noqa: S324 (a checksum)
+    return host.get_fact(AppliedChecksum, key=key) != sha1_of(content)
 
 
 class UnitsNotLoaded(FactBase):
@@ -200,10 +206,18 @@ class UnitsNotLoaded(FactBase):
         return [line.split()[0] for line in output if line.split()[1:] == ["yes"]]
 
 
+def units_to_reload(units: list[str], *written):
+    """An `_if` for a daemon-reload: one of `written` (the unit files' operations) changed,
+    or systemd has not loaded one of `units` since its file last changed (UnitsNotLoaded)."""
+    changed = any_changed(*written)
+    not_loaded = host.get_fact(UnitsNotLoaded, units=units)
+    return lambda: bool(not_loaded) or changed()
+
+
 @operation()
 def applied(key: str, content: str):
     """Records that `content` is in effect for `key` (run it right after the reload)."""
-    checksum = hashlib.sha1(content.encode()).hexdigest()  # noqa: S324 (a checksum)
+    checksum = sha1_of(content)
     if host.get_fact(AppliedChecksum, key=key) == checksum:
         host.noop(f"{key}: in effect")
         return
@@ -220,7 +234,7 @@ def validated_file(path: str, content: str, check: str, mode: str = "644"):
     if (
         info
         and (info["user"], info["group"], info["mode"]) == ("root", "root", int(mode))
-        and host.get_fact(Sha1File, path=path) == hashlib.sha1(content.encode()).hexdigest()  # noqa: S324 (a checksum)
+        and host.get_fact(Sha1File, path=path) == sha1_of(content)
     ):
         host.noop(f"{path} is up to date")
         return

@@ -47,15 +47,19 @@ class Text(BaseModel):
     text: str
 
 
-class ParrotPredictor:
-    """Repeats its text input: any string, including ones the database cannot store."""
-
-    input_schema = Text
-    output_schema = Text
+class NoArtifact:
+    """A test plug-in with nothing to load from its artifact."""
 
     @classmethod
     def load(cls, artifact: Path) -> Self:
         return cls()
+
+
+class ParrotPredictor(NoArtifact):
+    """Repeats its text input: any string, including ones the database cannot store."""
+
+    input_schema = Text
+    output_schema = Text
 
     def predict(self, batch: Sequence[BaseModel]) -> list[BaseModel]:
         return [Text(text=item.text) for item in batch]  # type: ignore[attr-defined]
@@ -89,16 +93,12 @@ class Reading(BaseModel):
     score: float
 
 
-class FaultyOutputPredictor:
+class FaultyOutputPredictor(NoArtifact):
     """Answers with what JSON and PostgreSQL cannot carry when asked: "nan" gives a NaN score,
     "nul" a NUL in its text."""
 
     input_schema = Text
     output_schema = Reading
-
-    @classmethod
-    def load(cls, artifact: Path) -> Self:
-        return cls()
 
     def predict(self, batch: Sequence[BaseModel]) -> list[BaseModel]:
         faults = {"nan": ("ok", float("nan")), "nul": ("ok\x00", 1.0)}
@@ -119,15 +119,11 @@ class Approval(BaseModel):
     approval_score: float
 
 
-class CamelCasePredictor:
+class CamelCasePredictor(NoArtifact):
     """A plug-in whose wire format is camelCase (pydantic aliases)."""
 
     input_schema = Applicant
     output_schema = Approval
-
-    @classmethod
-    def load(cls, artifact: Path) -> Self:
-        return cls()
 
     def predict(self, batch: Sequence[BaseModel]) -> list[BaseModel]:
         return [
