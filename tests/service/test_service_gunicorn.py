@@ -381,3 +381,54 @@ def test_hup_with_a_bad_settings_file_keeps_serving_and_a_good_one_applies(
         ]
     finally:
         _stop(served)
+
+
+def test_on_the_journal_each_line_starts_with_its_priority(
+    serve_environment: dict[str, str], tmp_path: Path
+) -> None:
+    """Under systemd (stdout named in $JOURNAL_STREAM) every line, the master's and the
+    workers', starts with its syslog priority, which journald stores as the line's own (so a
+    warning is kept apart from, and rate-limited apart from, the access lines); the rest of
+    the line is the JSON object. A file here stands for the journal's stream."""
+    port = free_port()
+    serve_environment["PLINTH_BIND"] = f"127.0.0.1:{port}"
+    serve_environment["PLINTH_MODELS"] = "iris,faulty"
+    log_path = tmp_path / "serve.log"
+    log_path.touch()  # _start reopens it: same inode
+    found = log_path.stat()
+    serve_environment["JOURNAL_STREAM"] = f"{found.st_dev}:{found.st_ino}"
+    client = httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+    served = _start(["plinth", "serve"], serve_environment, tmp_path, client)
+    try:
+        assert client.get("/healthz").status_code == 200
+        faulty = client.post("/v1/models/faulty/predict", json={"inputs": [{"text": "nan"}]})
+        assert faulty.status_code == 500
+        time.sleep(0.5)
+    finally:
+        _stop(served)
+    lines = [line for line in log_path.read_text().splitlines() if line]
+    prefixes = {"debug": "<7>", "info": "<6>", "warning": "<4>", "error": "<3>", "critical": "<2>"}
+    entries = []
+    for line in lines:
+        prefix, _, text = line.partition(">")
+        entry = json.loads(text)
+        assert prefix + ">" == prefixes[entry["level"]], line
+        entries.append(entry)
+    by_level = {entry["level"] for entry in entries}
+    assert {"info", "error"} <= by_level, by_level  # the faulty model's 500 is an error
+    assert any(entry["logger"].startswith("gunicorn") for entry in entries)  # the master too
+
+
+def test_elsewhere_lines_are_plain_json(serve_environment: dict[str, str], tmp_path: Path):
+    """$JOURNAL_STREAM inherited by a process whose stdout went elsewhere (a shell started
+    from a unit, redirected to a file) does not make it write priorities."""
+    serve_environment["JOURNAL_STREAM"] = "1:2"  # not the file's
+    log = tmp_path / "check.log"
+    with log.open("wb") as out:
+        code = subprocess.run(
+            ["python", "-c", "from service.logs import configure_logging as c; import logging;"
+             "c('info'); logging.getLogger('x').warning('w')"],
+            env=serve_environment, stdout=out, stderr=subprocess.STDOUT,
+        ).returncode  # fmt: skip
+    assert code == 0, log.read_text()
+    assert json.loads(log.read_text())["level"] == "warning"
