@@ -1,15 +1,16 @@
 """Recovery from faults with no manual step: Gunicorn's master killed, PostgreSQL restarted
 under load (503 never 500, no acknowledged prediction lost), logs capped against floods, the
-host rebooted (every service back, data kept)."""
+host rebooted (every service back, data kept), a warning kept through a flood of access lines."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 import time
 
 import pytest
-from conftest import ssh_argv
+from conftest import REPO, ssh_argv
 
 from infra.deploys import layout
 from infra.deploys.backups import BACKUP_TIMER
@@ -145,6 +146,40 @@ def test_nginx_log_flood_is_rotated_at_its_size_cap(host):
         assert "*-*-* *:00:00" in calendar, calendar
     finally:
         host.run(f"rm -f {flood} {flood}.*")
+
+
+LOADGEN = REPO / "bench" / "loadgen.py"
+
+
+def test_a_warning_is_kept_through_a_flood_of_access_lines(host, rehearsal):
+    """journald's rate limit drops a busy service's lines, with an allowance per priority: a
+    warning (PostgreSQL gone) logged in the middle of a flood of access lines must still be in
+    the journal, at priority warning (where `journalctl -p warning` finds it)."""
+    cursor = host.check_output(f"journalctl -u {layout.SERVICE_UNIT} -n 0 --show-cursor")
+    cursor = cursor.rpartition("cursor: ")[2].strip()
+    flood = ["python3", "-", f"unix:{layout.SOCKET_PATH}", "GET", "/healthz"]
+    flood += ["--connections", "4", "--seconds", "14", "--warmup", "0"]
+    with LOADGEN.open("rb") as script:
+        flooding = subprocess.Popen(
+            ssh_argv(rehearsal, " ".join(flood)), stdin=script, stdout=subprocess.PIPE
+        )
+    try:
+        time.sleep(9)  # journald's default allows about 10000 lines per 30 s, times a disk factor
+        host.check_output("systemctl stop postgresql")
+        _until(lambda: not _ready(rehearsal), timeout=10)  # the cluster stops after its wrapper
+        status, _, _ = request(rehearsal, "POST", PREDICT_PATH, {"inputs": [IRIS]})
+    finally:
+        host.run("systemctl start postgresql")
+        out, _ = flooding.communicate(timeout=60)
+    assert status == 503
+    served = json.loads(out)["requests"]
+    since = f"-u {layout.SERVICE_UNIT} --after-cursor '{cursor}' -o cat"
+    stored = int(host.check_output(f"journalctl {since} | grep -c /healthz || true"))
+    # The flood was one: journald dropped access lines ...
+    assert stored < served, (stored, served)
+    # ... and kept the warning, as a warning.
+    warnings = host.check_output(f"journalctl {since} -p warning")
+    assert "database unavailable" in warnings, warnings[-2000:]
 
 
 def _ssh(rehearsal, command: str, timeout: float = 15) -> subprocess.CompletedProcess:
