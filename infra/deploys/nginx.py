@@ -4,13 +4,16 @@ includes too; port 80 also includes any `plinth-http-*.conf` snippet (ACME webro
 
 from __future__ import annotations
 
+import shlex
+
 from pyinfra import host
-from pyinfra.api import DeployError, deploy
+from pyinfra.api import DeployError, FactBase, deploy
 from pyinfra.facts.files import Directory
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from infra.deploys import layout
+from infra.deploys.hostops import AppliedChecksum
 from infra.deploys.templating import template
 from service.config import Settings
 
@@ -99,19 +102,54 @@ def nginx() -> None:
         files.link(name="Site enabled", path=layout.NGINX_SITE_ENABLED, target=layout.NGINX_SITE),
     ]
     systemd.service(name="Nginx running and enabled", service="nginx", running=True, enabled=True)
-    validate_and_reload(changed)
+    # Checked here only, the first of the deploys that write nginx files (tls follows): one
+    # reload takes in all of them.
+    pending = host.get_fact(NginxFilesChecksum) != host.get_fact(AppliedChecksum, key="nginx")
+    validate_and_reload(changed, pending=pending)
 
 
-def validate_and_reload(changed) -> None:
+# plinth's nginx files as they are on disk, in one checksum: each one's name, link target and
+# content. Recorded after every reload (APPLIED_DIR/nginx), it tells what nginx has loaded.
+FILES_CHECKSUM = (
+    f"for f in {' '.join(map(shlex.quote, layout.NGINX_OWN_FILES))}; do "
+    'if [ -e "$f" ] || [ -L "$f" ]; then echo "$f"; readlink "$f"; cat "$f"; fi; '
+    "done 2>/dev/null | sha1sum | cut -d ' ' -f 1"
+)
+
+
+class NginxFilesChecksum(FactBase):
+    """The checksum of plinth's nginx files as they are now (FILES_CHECKSUM)."""
+
+    def command(self):
+        return FILES_CHECKSUM
+
+    def process(self, output):
+        return output[0].strip()
+
+
+def validate_and_reload(changed, pending: bool = False) -> None:
     """When a config file changed: `nginx -t`, and a reload once it passed. A change nginx
     refuses is put back to what it last accepted (NGINX_CHECK_TOOL) and the deploy fails, so
     no file nginx cannot load is left behind for its next start. The check also runs on a
-    host that has no accepted copy yet, so that one exists before any change needs it."""
+    host that has no accepted copy yet, so that one exists before any change needs it.
+    `pending`: the files on disk are not those of the last reload, which a run that stopped
+    between writing them and the reload leaves behind (up to date, so unchanged from then
+    on); they are checked and reloaded all the same."""
     changed_now = any_changed(*changed)
     no_accepted_copy = not host.get_fact(Directory, path=layout.NGINX_ACCEPTED_DIR)
     server.shell(
         name="nginx -t (a refused change is put back)",
         commands=[layout.NGINX_CHECK_TOOL],
-        _if=lambda: no_accepted_copy or changed_now(),
+        _if=lambda: no_accepted_copy or pending or changed_now(),
     )
-    systemd.service(name="Reload nginx", service="nginx", reloaded=True, _if=changed_now)
+
+    def reload() -> bool:
+        return pending or changed_now()
+
+    systemd.service(name="Reload nginx", service="nginx", reloaded=True, _if=reload)
+    record = shlex.quote(f"{layout.APPLIED_DIR}/nginx")
+    server.shell(
+        name="nginx's configuration in effect (recorded)",
+        commands=[f"install -d -m 755 {layout.APPLIED_DIR} && ({FILES_CHECKSUM}) > {record}"],
+        _if=reload,
+    )
