@@ -11,6 +11,7 @@ from conftest import run_deploy
 from pyinfra.api import DeployError
 
 from infra.deploys.firewall import NFT_TABLE, NFTABLES_CONF, LoadedTcpPorts, SshdPorts, open_ports
+from infra.deploys.updates import SecurityUpgrades
 from tests.infra.https_client import request
 
 pytestmark = pytest.mark.infra
@@ -194,3 +195,57 @@ def test_rules_the_file_has_but_nftables_never_loaded_are_loaded_by_the_next_dep
     assert LoadedTcpPorts().process(loaded) == wanted
     again = run_deploy()
     assert again.returncode == 0 and again.totals["success"] == 0, again.stderr[-2000:]
+
+
+# Libraries whose downgrade could take the host (or the test's own login) down meanwhile.
+_NOT_ROLLED_BACK = ("libc6", "libssl", "libpython", "libapt", "libsystemd", "libpam", "libudev")
+
+
+def _security_only_libraries(host) -> list[tuple[str, str, str]]:
+    """Installed libraries whose version came from a security suite alone, each with the
+    older version its release's own suite has: (package, installed, older)."""
+    found = []
+    for line in host.check_output("apt list --installed 2>/dev/null").splitlines():
+        match = re.match(r"^(lib[^/]+)/(\S+),now (\S+) ", line)
+        if not match or not all(s.endswith("-security") for s in match.group(2).split(",")):
+            continue
+        package, installed = match.group(1), match.group(3)
+        if package.startswith(_NOT_ROLLED_BACK):
+            continue
+        for entry in host.check_output(f"apt-cache madison {package}").splitlines():
+            _, version, source = (part.strip() for part in entry.split("|"))
+            if "security" not in source and version != installed:
+                found.append((package, installed, version))
+                break
+    return found
+
+
+def _pending_security_upgrades(host) -> list[str]:
+    return SecurityUpgrades().process(
+        host.check_output("apt-get -s -o Debug::NoLocking=1 upgrade").splitlines()
+    )
+
+
+def test_a_security_update_the_host_lacks_is_installed_by_the_deploy(host, deploy):
+    """A host behind on security updates (one library rolled back to its release's version
+    here, as an image built before the update would have it) gets them from the deploy, not
+    from tomorrow's timer."""
+    apt = "apt-get -qq -y -o DPkg::Lock::Timeout=120 --no-remove --allow-downgrades"
+    rolled_back = next(
+        (
+            (package, installed)
+            for package, installed, older in _security_only_libraries(host)
+            if host.run(f"{apt} install {package}={older}").rc == 0
+        ),
+        None,
+    )
+    assert rolled_back, "no library could be rolled back to before its security update"
+    package, installed = rolled_back
+    try:
+        assert package in _pending_security_upgrades(host)
+        run = deploy()
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert host.package(package).version == installed
+        assert _pending_security_upgrades(host) == []
+    finally:
+        host.run(f"{apt} install {package}={installed}")
