@@ -237,6 +237,12 @@ def throughput_ratios(rehearsal, args, placement: str) -> list[tuple[str, str, s
         p99 = {target: max(r["p99_ms"] for r in runs) for target, runs in results.items()}
         cpu = {target: cpu_split(runs) for target, runs in results.items()}
         ratio = rps[via_nginx] / rps[direct] if rps[direct] else 0.0
+        # Each round's pair (run back to back): how far a single measurement strays.
+        pairs = sorted(
+            n["rps"] / d["rps"]
+            for n, d in zip(results[via_nginx], results[direct], strict=True)
+            if d["rps"]
+        )
         for target, runs in results.items():
             if errors[target]:  # say why, in the table
                 first = next(r["first_error"] for r in runs if r.get("first_error") or r["errors"])
@@ -247,6 +253,7 @@ def throughput_ratios(rehearsal, args, placement: str) -> list[tuple[str, str, s
             (f"{name}: nginx + TLS", f"{rps[via_nginx]:.0f} req/s (p99 {p99[via_nginx]:.1f} ms, "
              f"{errors[via_nginx]} errors)", ""),
             (f"{name}: ratio nginx+TLS / socket", f"{100 * ratio:.0f}%", ">= 70%"),
+            (f"{name}: ratio, each round's pair", ", ".join(f"{100 * r:.0f}%" for r in pairs), ""),
             # Where the difference goes: the host's CPU per request by process, the client's
             # (which shares the host's cores here, as no real client would) apart.
             (f"{name}: host CPU per request, socket", cpu[direct][1], ""),
