@@ -182,17 +182,39 @@ def check_systemd_value(key: str, value) -> None:
         _fail(f"{key} {value!r} is not {what} (systemd-analyze {verb} refuses it)")
 
 
+# An address, or a network with its prefix length: the one form every reader here takes.
+_NETWORK = re.compile(r"^[0-9A-Fa-f.:]+(/[0-9]{1,3})?$")
+
+
 def check_networks(key: str, value) -> None:
     with_prefix = _NETWORK_LISTS[key]
     if not isinstance(value, list | tuple):  # a string would be read one character at a time
         _fail(f'{key} {value!r} must be a list of addresses, e.g. ["10.0.0.0/8"]')
     for entry in value:
+        # Python also reads a netmask (10.0.0.0/255.0.0.0) and a scope (fe80::1%eth0), which
+        # PostgreSQL's pg_hba.conf refuses (it would not start) and systemd ignores.
         try:
             ipaddress.ip_network(str(entry), strict=False)
         except ValueError:
             _fail(f"{key} entry {entry!r} is not an IP address or network")
+        if not _NETWORK.match(str(entry)):
+            _fail(f"{key} entry {entry!r}: write the prefix as a length, e.g. 10.0.0.0/8")
         if with_prefix and "/" not in str(entry):
             _fail(f"{key} entry {entry!r} needs its prefix length, e.g. {entry}/32")
+
+
+# The backup unit's sandbox hides these (ProtectHome=, PrivateTmp=) or has them read-only: a
+# dump written there would fail every night, or land where nobody looks.
+_HIDDEN_FROM_BACKUPS = ("/home", "/root", "/run", "/tmp", "/var/tmp", "/proc", "/sys", "/dev")  # noqa: S108
+
+
+def check_backup_dir(value: str) -> None:
+    hidden = next((p for p in _HIDDEN_FROM_BACKUPS if f"{value}/".startswith(f"{p}/")), None)
+    if hidden:
+        _fail(
+            f"backup_dir {value!r} is under {hidden}, which the backup unit's sandbox cannot "
+            f"write; choose e.g. /var/backups/{layout.APP_NAME} or a path under /srv"
+        )
 
 
 # An address or host name (no quote, space or comma: the entries land in one quoted string).
@@ -262,6 +284,7 @@ def validate() -> None:
         check_number(key, data.get(key))
     for key in _WORDS:
         check_word(key, data.get(key))
+    check_backup_dir(data.backup_dir)
     for key in _NETWORK_LISTS:
         check_networks(key, data.get(key))
     for key in _SYSTEMD_VALUES:

@@ -79,6 +79,18 @@ def _assert_refused(run, message: str) -> None:
         pytest.param(
             'nginx_metrics_allow=["10.0.0.300"]', "is not an IP address or network", id="address"
         ),
+        pytest.param(  # pg_hba.conf refuses a netmask: PostgreSQL would not start
+            'db_client_networks=["10.0.0.0/255.0.0.0"]', "prefix as a length", id="netmask"
+        ),
+        pytest.param(  # systemd ignores a scoped address in IPAddressAllow=
+            'app_ip_address_allow=["fe80::1%eth0"]', "prefix as a length", id="scoped-address"
+        ),
+        pytest.param(  # hidden from the backup unit by ProtectHome=: every backup would fail
+            "backup_dir=/home/backups/plinth", "sandbox cannot write", id="backup-dir-home"
+        ),
+        pytest.param(  # the unit's private /tmp: dumps would land where nobody looks
+            "backup_dir=/var/tmp/plinth", "sandbox cannot write", id="backup-dir-tmp"
+        ),
         pytest.param('backup_retention_days="two weeks"', "must be a whole number", id="retention"),
         pytest.param(  # unquoted in the backup script: `db` would run as a command
             'backup_dir="/var/backups/plinth db"', "is not an absolute path", id="backup-dir"
