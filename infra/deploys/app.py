@@ -8,7 +8,7 @@ from functools import cache
 
 from pyinfra import host
 from pyinfra.api import DeployError, deploy
-from pyinfra.facts.files import File, Link
+from pyinfra.facts.files import File, Link, Sha1File
 from pyinfra.facts.server import Arch, LinuxDistribution
 from pyinfra.operations import apt, files, systemd
 from pyinfra.operations.util import any_changed
@@ -16,8 +16,10 @@ from pyinfra.operations.util import any_changed
 from infra.deploys import layout
 from infra.deploys.cutover import RELEASE_DEFAULTS, release_cutover, release_tool, settings_cutover
 from infra.deploys.hostops import (
+    AppliedChecksum,
     HostPython,
     PathsFresh,
+    applied_file,
     config_directory,
     host_roles,
     pruned,
@@ -135,7 +137,17 @@ def app() -> None:
         pth=LAYER_PTH,
     )
 
+    # Settings on disk that never served: a run that replaced the env file and stopped before
+    # they went live (a failed migration, say) leaves a file up to date from then on, so only
+    # the record of what last served tells (APPLIED_DIR/env, written below).
+    settings_pending = host.get_fact(Sha1File, path=layout.ENV_FILE) != host.get_fact(
+        AppliedChecksum, key="env"
+    )
     env_changed = _env_file(data, release_dir)
+
+    def new_settings() -> bool:
+        return settings_pending or env_changed.did_change()
+
     units_changed = _units(data)
 
     current = host.get_fact(Link, path=layout.CURRENT_LINK)
@@ -145,18 +157,18 @@ def app() -> None:
     migration_account()
     if not (switching and at_release_head(data, layer_dir, release.migration_head)):
         owner_url = database_url(data, data.db_owner, "${owner_password}")
-        condition = {} if switching else {"_if": any_changed(installed, env_changed)}
+        condition = {} if switching else {"_if": lambda: installed.did_change() or new_settings()}
         migrate(data, release_dir, owner_url, **condition)
     release_tool()
     # Switch, re-exec Gunicorn from `current`, health check through nginx; else switch back,
     # with the previous settings too when this deploy replaced them.
     cutover = f"Cutover: current -> {release.release_id}"
-    release_cutover(name=cutover, release_dir=release_dir, _if=env_changed.did_not_change)
+    release_cutover(name=cutover, release_dir=release_dir, _if=lambda: not new_settings())
     release_cutover(
         name=f"{cutover} (and new settings)",
         release_dir=release_dir,
         settings_changed=True,
-        _if=env_changed.did_change,
+        _if=new_settings,
     )
 
     _prune(data, release_dir, artifact, current, release.deps_key)
@@ -181,7 +193,14 @@ def app() -> None:
         _if=units_changed,
     )
     if not switching:  # a cutover re-executes Gunicorn, which reads the new settings then
-        settings_cutover(name="New settings: re-exec, health check", _if=any_changed(env_changed))
+        settings_cutover(name="New settings: re-exec, health check", _if=new_settings)
+    # Reached only when the settings serve (healthy cutover, or started with them).
+    applied_file(
+        name="The settings in effect (recorded)",
+        key="env",
+        path=layout.ENV_FILE,
+        _if=new_settings,
+    )
 
 
 def _install_layer(release: Release, layer_dir: str) -> None:

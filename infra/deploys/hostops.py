@@ -226,6 +226,15 @@ def applied(key: str, content: str):
 
 
 @operation()
+def applied_file(key: str, path: str):
+    """Records that `path` as it is now is in effect for `key`: its checksum, taken on the
+    host (the file may hold a secret, which never travels back). Compare with
+    AppliedChecksum against the Sha1File fact."""
+    d, f = shlex.quote(layout.APPLIED_DIR), shlex.quote(f"{layout.APPLIED_DIR}/{key}")
+    yield f"install -d -m 755 {d} && sha1sum {shlex.quote(path)} | cut -d ' ' -f 1 > {f}"
+
+
+@operation()
 def validated_file(path: str, content: str, check: str, mode: str = "644"):
     """`path` (root-owned, `mode`) holds `content`, but only once `check` accepted it: the
     candidate is uploaded beside it (`{path}` in `check` names it) and moved into place only

@@ -21,9 +21,11 @@ import pytest
 from conftest import REPO, SITE, host_json_path, run_deploy, ssh_argv
 
 from infra.deploys import layout
+from infra.deploys.cutover import RELEASE_TOOL
 from infra.deploys.postgres import DB_CONNECTION_DEFAULTS
 from infra.release.build import EXPAND_REVISION
 from service.migrations import VERSION_TABLE
+from tests.infra.https_client import IRIS, PREDICT_PATH, request
 
 pytestmark = pytest.mark.infra
 
@@ -404,6 +406,38 @@ def test_settings_that_fail_the_health_check_are_put_back(first_deploy, rehearsa
     assert again.returncode == 0, again.stderr[-2000:]
     assert ssh(rehearsal, f"sha256sum {layout.ENV_FILE}") == env_file
     assert https_status(rehearsal, "/readyz") == 200
+
+
+def _batch_of_five(rehearsal) -> int:
+    return request(rehearsal, "POST", PREDICT_PATH, {"inputs": [IRIS] * 5})[0]
+
+
+def test_settings_a_stopped_run_left_unapplied_are_applied_by_the_next_deploy(
+    first_deploy, rehearsal
+):
+    """A run that replaced the env file and stopped before its settings served (a failed
+    migration, say): the file is up to date from then on, so only the record of the settings
+    that last served (APPLIED_DIR/env) tells the next deploy to migrate and re-exec with them,
+    health-checked. Here a batch limit of 4 served before that run; the inventory's is 64."""
+    assert run_deploy().returncode == 0
+    env, kept, record = layout.ENV_FILE, "/root/plinth.env.deployed", f"{layout.APPLIED_DIR}/env"
+    ssh(
+        rehearsal,
+        f"cp -a {env} {kept} && sed -i 's/^PLINTH_MAX_BATCH_SIZE=.*/PLINTH_MAX_BATCH_SIZE=4/' {env}"
+        f" && sha1sum {env} | cut -d ' ' -f 1 > {record} && {RELEASE_TOOL} reload-settings",
+    )
+    try:
+        assert _batch_of_five(rehearsal) == 413
+        # The stopped run: the inventory's settings on disk, never served.
+        ssh(rehearsal, f"cp -a {kept} {env}")
+        assert _batch_of_five(rehearsal) == 413
+        run = run_deploy()
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert _batch_of_five(rehearsal) == 200
+        again = run_deploy()
+        assert again.returncode == 0 and again.totals["success"] == 0, again.stderr[-3000:]
+    finally:
+        ssh(rehearsal, f"cp -a {kept} {env} && rm -f {kept}")
 
 
 def test_a_restart_of_the_unit_refuses_no_request(first_deploy, rehearsal):
