@@ -103,7 +103,8 @@ def require_provisioned() -> None:
 
 
 def database_url(data, role: str, password: str) -> str:
-    return f"postgresql+psycopg://{role}:{password}@{data.db_host}:{data.db_port}/{data.db_name}"
+    host_part = f"[{data.db_host}]" if ":" in data.db_host else data.db_host  # IPv6: RFC 3986
+    return f"postgresql+psycopg://{role}:{password}@{host_part}:{data.db_port}/{data.db_name}"
 
 
 @deploy("App", data_defaults={**DB_CONNECTION_DEFAULTS, **APP_DEFAULTS, **RELEASE_DEFAULTS})
@@ -250,6 +251,14 @@ def _prune(data, release_dir, artifact, current, deps_key) -> None:
     )
 
 
+def env_value(value) -> str:
+    """`value` as python-dotenv (the service's reader of the env file) gives it back as it is:
+    single-quoted, where it reads only two escapes, a backslash before a backslash or before
+    a quote (unquoted, it cut a ` #comment` and trailing spaces and took quotes off). It
+    expands `${NAME}` even there: validate refuses that."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _env_file(data, release_dir: str):
     """The env file: rendered without the secret, then completed on the host, where the
     release about to serve checks it first (`plinth check-config`, as the service user): a
@@ -266,6 +275,7 @@ def _env_file(data, release_dir: str):
         "GRACEFUL_TIMEOUT_SECONDS": data.app_graceful_timeout_seconds,
         **{key.upper(): value for key, value in dict(data.app_extra_env).items()},
     }
+    env = {key: env_value(value) for key, value in env.items()}
     config_directory()
     secret = []
     if "db" not in host_roles():  # on a db host the postgres deploy made it already

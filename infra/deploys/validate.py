@@ -217,6 +217,25 @@ def check_backup_dir(value: str) -> None:
         )
 
 
+# A host name as resolvers take it: dot-separated labels of letters, digits and inner hyphens.
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+$")
+
+
+def check_db_host(value) -> None:
+    """db_host: where the service and migrations connect (a URL, a shell line, psycopg)."""
+    text = str(value) if isinstance(value, str) else ""
+    try:
+        ipaddress.ip_address(text)
+        is_address = "%" not in text
+    except ValueError:
+        is_address = False
+    if not is_address and not (_HOST_NAME.match(text) and not text.endswith(".")):
+        _fail(
+            f"db_host {value!r} must be a host name or an IP address, without a port "
+            "(db_port) or brackets, e.g. db.internal or fd00::5"
+        )
+
+
 # An address or host name (no quote, space or comma: the entries land in one quoted string).
 _LISTEN_ENTRY = re.compile(r"^(\*|[A-Za-z0-9][A-Za-z0-9.:%-]*)$")
 
@@ -242,6 +261,18 @@ def check_extra_env(extra) -> None:
             _fail(f"app_extra_env name {name!r} is not a setting name (PLINTH_ is added)")
         if not isinstance(value, str | int | float | bool) or "\n" in str(value):
             _fail(f"app_extra_env {name} {value!r} must be one line of text or a number")
+        check_env_text(f"app_extra_env {name}", value)
+
+
+# Settings the app deploy writes into the service's env file as text.
+_ENV_TEXT_KEYS = ("app_environment", "app_models", "app_log_level")
+
+
+def check_env_text(key: str, value) -> None:
+    """One line, and no `${`: python-dotenv, which reads the env file, expands `${NAME}` from
+    the service's environment wherever it stands, quoted or not."""
+    if isinstance(value, str) and ("\n" in value or "${" in value):
+        _fail(f"{key} {value!r} must be one line without ${{ (the env file's reader expands it)")
 
 
 def check_distribution() -> None:
@@ -290,5 +321,8 @@ def validate() -> None:
     for key in _SYSTEMD_VALUES:
         check_systemd_value(key, data.get(key))
     check_listen_addresses(data.db_listen_addresses)
+    check_db_host(data.db_host)
     check_extra_env(data.app_extra_env)
+    for key in _ENV_TEXT_KEYS:
+        check_env_text(key, data.get(key))
     check_distribution()

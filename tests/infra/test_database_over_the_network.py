@@ -24,7 +24,7 @@ def network_data(address: str) -> list[str]:
     data = {
         "db_host": address,
         "db_listen_addresses": [address],  # a list, as the other address keys
-        "db_client_networks": [f"{address}/32"],
+        "db_client_networks": [f"{address}/{128 if ':' in address else 32}"],
         "app_ip_address_allow": [address],
     }
     return [arg for key, value in data.items() for arg in ("--data", f"{key}={json.dumps(value)}")]
@@ -32,11 +32,14 @@ def network_data(address: str) -> list[str]:
 
 def listening_addresses(host) -> set[str]:
     lines = host.check_output(f"ss -Hltn 'sport = :{PORT}'").splitlines()
-    return {line.split()[3].rsplit(":", 1)[0] for line in lines}
+    return {line.split()[3].rsplit(":", 1)[0].strip("[]") for line in lines}
 
 
-def test_the_service_uses_a_database_reached_over_the_network(host, rehearsal):
-    address = rehearsal["address"]
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_the_service_uses_a_database_reached_over_the_network(host, rehearsal, family):
+    """IPv6: the host's loopback (the rehearsal's network is IPv4 only), written bare in
+    db_host and bracketed in the service's URL by the deploy."""
+    address = rehearsal["address"] if family == "ipv4" else "::1"
     data = network_data(address)
     try:
         run = run_deploy(*data)

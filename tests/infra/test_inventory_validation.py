@@ -11,6 +11,8 @@ import time
 import pytest
 
 from infra.deploys import layout
+from infra.deploys.app import env_value
+from infra.deploys.templating import render
 from tests.infra.https_client import request
 
 pytestmark = pytest.mark.infra
@@ -79,6 +81,12 @@ def _assert_refused(run, message: str) -> None:
         pytest.param(
             'nginx_metrics_allow=["10.0.0.300"]', "is not an IP address or network", id="address"
         ),
+        pytest.param(  # python-dotenv would put the service's own $HOME there
+            'app_extra_env={"DB_POOL_SIZE": "${HOME}"}', "without ${", id="env-expansion"
+        ),
+        pytest.param("app_models=iris,${PLINTH_MODELS}", "without ${", id="env-expansion-models"),
+        pytest.param("db_host=db.internal:5433", "without a port", id="db-host-port"),
+        pytest.param("db_host=[fd00::5]", "or brackets", id="db-host-brackets"),
         pytest.param(  # pg_hba.conf refuses a netmask: PostgreSQL would not start
             'db_client_networks=["10.0.0.0/255.0.0.0"]', "prefix as a length", id="netmask"
         ),
@@ -166,3 +174,18 @@ def test_a_setting_the_service_refuses_leaves_the_running_settings(
         restored = deploy()
     assert restored.returncode == 0, restored.stderr[-2000:]
     assert host.check_output(f"sha256sum {layout.ENV_FILE}") == before
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["iris #primary", "'quoted'", '"double"', "it's", r"a\nb", "back\\slash", "trailing  ", "$X"],
+)
+def test_env_file_values_reach_the_service_as_written(tmp_path, value):
+    """The env file as the app deploy renders it, read by python-dotenv as pydantic-settings
+    reads it for the service: each value comes back unchanged (unquoted, a ` #comment` was cut
+    off, quotes taken away, trailing spaces dropped)."""
+    from dotenv import dotenv_values
+
+    env_file = tmp_path / "plinth.env"
+    env_file.write_text(render("app/plinth.env.j2", env={"X": env_value(value)}))
+    assert dotenv_values(env_file)["PLINTH_X"] == value
