@@ -10,6 +10,7 @@ from pyinfra.operations import apt, files, server, systemd
 
 from infra.deploys import layout
 from infra.deploys.accounts import account
+from infra.deploys.hostops import applied_file, apply_conditions
 from infra.deploys.templating import template
 
 BASE_DEFAULTS = {
@@ -78,11 +79,15 @@ def base() -> None:
         system_max_use=data.journald_system_max_use,
         max_file_sec=data.journald_max_file_sec,
     )
+    restart, record = apply_conditions("journald", layout.JOURNALD_DROPIN, journald)
     systemd.service(
-        name="Restart journald",
-        service="systemd-journald",
-        restarted=True,
-        _if=journald.did_change,
+        name="Restart journald", service="systemd-journald", restarted=True, _if=restart
+    )
+    applied_file(
+        name="journald's caps in effect (recorded)",
+        key="journald",
+        path=layout.JOURNALD_DROPIN,
+        _if=record,
     )
 
 

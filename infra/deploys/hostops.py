@@ -225,6 +225,26 @@ def applied(key: str, content: str):
     yield f"install -d -m 755 {d} && echo {checksum} > {f}"
 
 
+def apply_conditions(key: str, path: str, written):
+    """`_if`s for the operation that puts `written` (the operation writing `path`) into effect
+    (a restart, a reload), and for `applied_file` after it. Besides a change in this run, the
+    file on disk may differ from the record of what was last put into effect: a run that
+    stopped between writing it and applying it leaves it so, up to date from then on. With no
+    record yet (a host deployed before records) the file is taken as in effect and recorded,
+    so adopting records restarts nothing."""
+    record = host.get_fact(AppliedChecksum, key=key)
+    on_disk = host.get_fact(Sha1File, path=path)
+    pending = record is not None and on_disk is not None and record != on_disk
+
+    def apply() -> bool:
+        return pending or written.did_change()
+
+    def record_now() -> bool:
+        return record is None or apply()
+
+    return apply, record_now
+
+
 @operation()
 def applied_file(key: str, path: str):
     """Records that `path` as it is now is in effect for `key`: its checksum, taken on the

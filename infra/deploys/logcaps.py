@@ -8,6 +8,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, systemd
 
 from infra.deploys import layout
+from infra.deploys.hostops import applied_file, apply_conditions
 from infra.deploys.templating import template
 
 LOGCAPS_DEFAULTS = {
@@ -29,12 +30,10 @@ def logcaps() -> None:
         max_size=data.nginx_log_max_size,
         rotate=int(data.nginx_log_rotate),
     )
-    hourly = template(
-        "systemd/logrotate-hourly.conf.j2",
-        f"{layout.SYSTEMD_UNIT_DIR}/logrotate.timer.d/{layout.APP_NAME}-hourly.conf",
-        name="logrotate.timer: hourly",
-    )
-    systemd.daemon_reload(name="systemd reads logrotate.timer's drop-in", _if=hourly.did_change)
+    dropin = f"{layout.SYSTEMD_UNIT_DIR}/logrotate.timer.d/{layout.APP_NAME}-hourly.conf"
+    hourly = template("systemd/logrotate-hourly.conf.j2", dropin, name="logrotate.timer: hourly")
+    apply, record = apply_conditions("logrotate-timer", dropin, hourly)
+    systemd.daemon_reload(name="systemd reads logrotate.timer's drop-in", _if=apply)
     systemd.service(
         name="logrotate.timer active", service="logrotate.timer", running=True, enabled=True
     )
@@ -42,5 +41,11 @@ def logcaps() -> None:
         name="Restart logrotate.timer (schedule changed)",
         service="logrotate.timer",
         restarted=True,
-        _if=hourly.did_change,
+        _if=apply,
+    )
+    applied_file(
+        name="logrotate.timer's schedule in effect (recorded)",
+        key="logrotate-timer",
+        path=dropin,
+        _if=record,
     )

@@ -13,6 +13,8 @@ from infra.deploys import layout
 from infra.deploys.database_roles import PrivilegeDrift, privileges_converged
 from infra.deploys.hostops import (
     PasswordAccepted,
+    applied_file,
+    apply_conditions,
     config_directory,
     role_password,
     secret_file,
@@ -119,17 +121,32 @@ def postgresql() -> None:
         running=True,
         enabled=True,
     )
+    settings_path, hba_path = f"{conf_dir}/conf.d/plinth.conf", f"{conf_dir}/pg_hba.conf"
+    restart, record_settings = apply_conditions("postgresql-settings", settings_path, settings)
+    reload, record_hba = apply_conditions("postgresql-hba", hba_path, hba)
     systemd.service(
         name="Restart PostgreSQL (listen settings changed)",
         service="postgresql",
         restarted=True,
-        _if=settings.did_change,
+        _if=restart,
+    )
+    applied_file(
+        name="PostgreSQL settings in effect (recorded)",
+        key="postgresql-settings",
+        path=settings_path,
+        _if=record_settings,
     )
     systemd.service(
         name="Reload PostgreSQL (pg_hba changed)",
         service="postgresql",
         reloaded=True,
-        _if=hba.did_change,
+        _if=reload,
+    )
+    applied_file(
+        name="pg_hba.conf in effect (recorded)",
+        key="postgresql-hba",
+        path=hba_path,
+        _if=record_hba,
     )
 
     as_postgres = {"_sudo": True, "_sudo_user": "postgres", "_use_sudo_login": True}

@@ -8,7 +8,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import systemd
 
 from infra.deploys import layout
-from infra.deploys.hostops import host_roles
+from infra.deploys.hostops import applied_file, apply_conditions, host_roles
 from infra.deploys.templating import template
 
 NGINX_DROPIN = f"{layout.SYSTEMD_UNIT_DIR}/nginx.service.d/{layout.APP_NAME}-hardening.conf"
@@ -23,21 +23,36 @@ def sandbox() -> None:
     roles = host_roles()
     changed = {}
     if "app" in roles:
-        changed["nginx"] = template(
-            "systemd/nginx-hardening.conf.j2", NGINX_DROPIN, name="nginx.service sandbox drop-in"
+        changed["nginx"] = (
+            NGINX_DROPIN,
+            template(
+                "systemd/nginx-hardening.conf.j2",
+                NGINX_DROPIN,
+                name="nginx.service sandbox drop-in",
+            ),
         )
     if "db" in roles:
-        changed["postgresql"] = template(
-            "systemd/postgresql-hardening.conf.j2",
+        changed["postgresql"] = (
             POSTGRESQL_DROPIN,
-            name="postgresql@.service sandbox drop-in",
+            template(
+                "systemd/postgresql-hardening.conf.j2",
+                POSTGRESQL_DROPIN,
+                name="postgresql@.service sandbox drop-in",
+            ),
         )
-    for unit, dropin in changed.items():
-        systemd.daemon_reload(name=f"systemd reads {unit}'s drop-in", _if=dropin.did_change)
+    for unit, (path, dropin) in changed.items():
+        apply, record = apply_conditions(f"sandbox-{unit}", path, dropin)
+        systemd.daemon_reload(name=f"systemd reads {unit}'s drop-in", _if=apply)
         # postgresql.service restarts its clusters (PartOf); nginx restarts in about a second.
         systemd.service(
             name=f"Restart {unit} (its sandbox changed)",
             service=unit,
             restarted=True,
-            _if=dropin.did_change,
+            _if=apply,
+        )
+        applied_file(
+            name=f"{unit}'s sandbox in effect (recorded)",
+            key=f"sandbox-{unit}",
+            path=path,
+            _if=record,
         )

@@ -131,3 +131,28 @@ def _until_header(host, wanted: str) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"port 80's X-Pending-Test is not {wanted!r}")
+
+
+def test_postgresql_settings_written_but_never_applied_are_applied_by_the_next_deploy(host, deploy):
+    """The same for PostgreSQL's settings, which take a restart (APPLIED_DIR has a record per
+    file a restart or reload puts into effect: journald's, the sandboxes', pg_hba's too). Here
+    the last run's file had max_connections 123, and PostgreSQL runs with it still."""
+    conf = host.check_output("ls /etc/postgresql/*/main/conf.d/plinth.conf")
+    show = "runuser -u postgres -- psql -tAc 'show max_connections'"
+    wanted, kept = host.check_output(show), "/root/plinth-pg.deployed"
+    record = f"{layout.APPLIED_DIR}/postgresql-settings"
+    host.check_output(f"cp -a {conf} {kept}")
+    try:
+        host.check_output(
+            f"sed -i 's/^max_connections = .*/max_connections = 123/' {conf}"
+            f" && systemctl restart postgresql && sha1sum {conf} | cut -d ' ' -f 1 > {record}"
+        )
+        assert host.check_output(show) == "123"
+        host.check_output(f"cp -a {kept} {conf}")  # the interrupted run: no restart
+        run = deploy()
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert host.check_output(show) == wanted
+        again = deploy()
+        assert again.returncode == 0 and again.totals["success"] == 0, again.stderr[-3000:]
+    finally:
+        host.run(f"cp -a {kept} {conf} && rm -f {kept}")
