@@ -7,6 +7,7 @@ import importlib
 import logging
 import sys
 
+from service import bind
 from service.config import CONFIG_ERROR_EXIT_CODE, ConfigError, Settings, load_settings
 
 logger = logging.getLogger("plinth.cli")
@@ -32,6 +33,7 @@ def _validated_settings(*, with_models: bool) -> Settings:
 
 def check_config() -> int:
     settings = _validated_settings(with_models=True)
+    bind.check_socket_path(settings)  # cheap checks only: the running service holds its port
     print(f"plinth: configuration ok (environment={settings.environment})")
     return 0
 
@@ -65,6 +67,9 @@ def serve() -> int:
     from gunicorn.app.base import BaseApplication
 
     settings = _validated_settings(with_models=True)
+    # One line and exit 78 rather than Gunicorn's retries or traceback; before gunicorn_conf,
+    # which makes the metrics directory that only Gunicorn's on_exit removes.
+    bind.check_bindable(settings)
     from service import gunicorn_conf  # exports PROMETHEUS_MULTIPROC_DIR before any fork
 
     # Workers fork with the app's libraries (FastAPI, SQLAlchemy, Alembic...) already imported
@@ -87,11 +92,12 @@ def serve() -> int:
             # First called by __init__ (the settings were just validated), then on every HUP:
             # re-read and check them as check-config does, models included. A bad edit must
             # not kill the running master nor the workers it is about to start: keep the
-            # previous settings instead.
+            # previous settings instead. So does a changed bind: Gunicorn would close the
+            # listening sockets (systemd's, under systemd) and end when the new one failed.
             if self._started:
                 try:
-                    self.settings = _validated_settings(with_models=True)
-                    gunicorn_conf.check_bind_here(self.settings)
+                    reloaded = _validated_settings(with_models=True)
+                    bind.check_unchanged(self.settings, reloaded)
                 except ConfigError as error:
                     logger.error("reload ignored, keeping previous settings: %s", error)
                 except Exception as error:  # whatever else: the master must live on
@@ -100,6 +106,8 @@ def serve() -> int:
                         "(plinth check-config tells more)",
                         type(error).__name__,
                     )
+                else:
+                    self.settings = reloaded
             self._started = True
             for key, value in gunicorn_conf.options(self.settings).items():
                 self.cfg.set(key, value)

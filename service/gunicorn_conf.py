@@ -24,7 +24,7 @@ from typing import Any
 
 from gunicorn import systemd
 
-from service.config import ConfigError, Settings
+from service.config import Settings
 
 WORKER_CLASS = "uvicorn_worker.UvicornWorker"
 
@@ -123,18 +123,6 @@ def logconfig(settings: Settings) -> dict[str, Any]:
             "gunicorn.access": {"handlers": [], "level": "CRITICAL", "propagate": False},
         },
     }
-
-
-def check_bind_here(settings: Settings) -> None:
-    """On a reload, in the master: an ``fd://N`` bind names a descriptor this process has
-    open. Gunicorn re-binds when the address changed, and a closed one killed the master."""
-    if settings.bind.startswith("fd://"):
-        try:
-            os.fstat(int(settings.bind.removeprefix("fd://")))
-        except OSError:
-            raise ConfigError(
-                "PLINTH_BIND", f"names a descriptor this process has not open: {settings.bind}"
-            ) from None
 
 
 def options(settings: Settings) -> dict[str, Any]:

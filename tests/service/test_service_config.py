@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -152,6 +154,63 @@ def test_check_config_refuses_bad_production_settings(
 def test_bind_accepts_what_gunicorn_serves_on(check_config, bind: str) -> None:
     result = check_config(PLINTH_DATABASE_URL=GOOD_URL, PLINTH_BIND=bind)
     assert result.returncode == 0, result.stderr
+
+
+def test_check_config_refuses_a_unix_socket_path_gunicorn_cannot_bind(
+    check_config, tmp_path: Path
+) -> None:
+    """Cheap checks only (check-config runs beside the service, which holds its own port):
+    a path that is there and is no socket, or a directory that is not there."""
+    regular_file = tmp_path / "plinth.sock"
+    regular_file.write_text("not a socket")
+    missing_directory = tmp_path / "missing" / "plinth.sock"
+    cases = {
+        f"unix:{regular_file}": f"PLINTH_BIND names {regular_file}, which is not a socket",
+        f"unix:{missing_directory}": "PLINTH_BIND names a socket in a directory that does not "
+        f"exist: {missing_directory.parent}",
+    }
+    for bind, line in cases.items():
+        result = check_config(PLINTH_DATABASE_URL=GOOD_URL, PLINTH_BIND=bind)
+        assert result.returncode == 78, bind
+        assert result.stderr.splitlines() == [PREFIX + line]
+    # A socket left by a previous run is fine: Gunicorn replaces it.
+    with socket.socket(socket.AF_UNIX) as previous:
+        previous.bind(str(tmp_path / "previous.sock"))
+    for fine in [tmp_path / "previous.sock", tmp_path / "new.sock"]:
+        result = check_config(PLINTH_DATABASE_URL=GOOD_URL, PLINTH_BIND=f"unix:{fine}")
+        assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture
+def port_in_use() -> Iterator[int]:
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
+
+
+@pytest.mark.parametrize("case", ["port-in-use", "regular-file", "missing-directory", "closed-fd"])
+def test_serve_on_a_bind_it_cannot_take_is_one_line(
+    case: str, port_in_use: int, tmp_path: Path
+) -> None:
+    """Gunicorn retried a port in use for five seconds and exited 1 after ten log lines, and a
+    path that is a file (or a descriptor that is not open) ended in a traceback."""
+    regular_file = tmp_path / "plinth.sock"
+    regular_file.write_text("not a socket")
+    bind, reason = {
+        "port-in-use": (f"127.0.0.1:{port_in_use}", "cannot be bound: Address already in use"),
+        "regular-file": (f"unix:{regular_file}", "which is not a socket"),
+        "missing-directory": (f"unix:{tmp_path}/missing/p.sock", "directory that does not exist"),
+        "closed-fd": ("fd://987", "names a descriptor that is not an open socket"),
+    }[case]
+    result = run(["plinth", "serve"], PLINTH_DATABASE_URL=GOOD_URL, PLINTH_BIND=bind)
+    assert result.returncode == 78, result.stdout + result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(PREFIX + "PLINTH_BIND ")
+    assert reason in lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize(

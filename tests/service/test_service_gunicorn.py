@@ -383,6 +383,58 @@ def test_hup_with_a_bad_settings_file_keeps_serving_and_a_good_one_applies(
         _stop(served)
 
 
+def test_hup_with_a_changed_bind_keeps_serving_on_the_running_one(
+    serve_environment: dict[str, str], tmp_path: Path
+) -> None:
+    """A reload cannot move the listening socket (under systemd it is systemd's): a changed
+    PLINTH_BIND is refused like any bad edit, with one error line saying a restart is needed,
+    and the master keeps serving on the address it has. An address it could not bind (a port
+    in use, a path that is a file, a directory that is not there) killed the master."""
+    port = free_port()
+    del serve_environment["PLINTH_MODELS"]  # from the file (the environment would override it)
+    env_file = tmp_path / "plinth.env"
+    settings = "PLINTH_MODELS=iris,sleepy\nPLINTH_MAX_BATCH_SIZE={}\nPLINTH_BIND={}\n"
+    env_file.write_text(settings.format(8, f"127.0.0.1:{port}"))
+    serve_environment["PLINTH_ENV_FILE"] = str(env_file)
+    client = httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+    not_a_socket = tmp_path / "not-a-socket"
+    not_a_socket.write_text("x")
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        changed_binds = [
+            f"127.0.0.1:{taken.getsockname()[1]}",
+            f"unix:{not_a_socket}",
+            f"unix:{tmp_path}/missing/plinth.sock",
+            f"127.0.0.1:{free_port()}",  # free, yet a reload cannot move there either
+        ]
+        served = _start(["plinth", "serve"], serve_environment, tmp_path, client)
+        try:
+            assert _batch_of_five(served) == 200
+            for number, bind in enumerate(changed_binds, start=1):
+                _reload(served, env_file, settings.format(4, bind))
+                refused = [
+                    line
+                    for line in served.log_lines()
+                    if line["message"].startswith("reload ignored, keeping previous settings")
+                ]
+                assert len(refused) == number, served.log_path.read_text()[-3000:]
+                assert refused[-1]["level"] == "error"
+                assert "PLINTH_BIND" in refused[-1]["message"]
+                assert "restart" in refused[-1]["message"]
+                wait_until_ready(served.client, timeout=30)
+                assert _batch_of_five(served) == 200  # the previous batch limit too
+            # The running bind with another setting changed: that reload applies.
+            _reload(served, env_file, settings.format(4, f"127.0.0.1:{port}"))
+            wait_until_ready(served.client, timeout=30)
+            assert _batch_of_five(served) == 413
+            assert not (tmp_path / "missing").exists()
+            assert not_a_socket.read_text() == "x"
+        finally:
+            _stop(served)
+
+
 def test_on_the_journal_each_line_starts_with_its_priority(
     serve_environment: dict[str, str], tmp_path: Path
 ) -> None:
