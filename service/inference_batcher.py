@@ -12,9 +12,12 @@ One batch per model is in flight at a time in a worker process (Gunicorn's worke
 parallelism). A request waits on a single future through inference and commit: each await
 resumes the whole middleware stack, which cost more CPU than the bookkeeping done here.
 
-A batch that raises is run again one request at a time, so an input that crashes
-the model fails its own request only. Written here rather than taken from a library: it is the
-glue between this service's executor, its timeouts and its persistence rows, in few lines.
+A batch that raises is split in halves, each run again as a batch (a half that succeeds answers
+all its requests; one that raises is split again), so an input that crashes the model fails its
+own request only, found in O(log n) model calls rather than one call per request. Requests
+already answered (their client had its 504) or past their deadline are not run again. Written
+here rather than taken from a library: it is the glue between this service's executor, its
+timeouts and its persistence rows, in few lines.
 """
 
 from __future__ import annotations
@@ -39,12 +42,15 @@ class InferenceTimeout(TimeoutError):
 
 
 class Inference:
-    """One request's answer: an id, an output and a row to store per input."""
+    """One request's answer: an id, an output and a row to store per input, and its queue
+    wait plus inference in seconds."""
 
-    __slots__ = ("ids", "outputs", "rows")
+    __slots__ = ("ids", "outputs", "rows", "seconds")
 
-    def __init__(self, ids: list[uuid.UUID], outputs: list[BaseModel], rows: list[Row]) -> None:
-        self.ids, self.outputs, self.rows = ids, outputs, rows
+    def __init__(
+        self, ids: list[uuid.UUID], outputs: list[BaseModel], rows: list[Row], seconds: float
+    ) -> None:
+        self.ids, self.outputs, self.rows, self.seconds = ids, outputs, rows, seconds
 
 
 class _Request:
@@ -72,6 +78,7 @@ class InferenceBatcher:
         committed (``PredictionWriter.submit``); ``timeout_seconds`` bounds queue wait plus
         inference, not the commit (which the writer bounds)."""
         self._model = model
+        self._latency = PREDICTION_LATENCY.labels(model.name)
         self._executor = executor
         self._store = store
         self._max_items = max_items
@@ -127,18 +134,47 @@ class InferenceBatcher:
                 except Exception as error:
                     if len(batch) == 1:
                         self._settle(batch[0], error)
-                        continue
-                    for request in batch:  # find the guilty input: each request alone
-                        try:
-                            [answer] = await loop.run_in_executor(
-                                self._executor, _predict, self._model, [request]
-                            )
-                        except Exception as alone:
-                            answer = alone
-                        self._settle(request, answer)
+                    else:
+                        await self._run_by_halves(loop, batch)
                 else:
                     for request, answer in zip(batch, answers, strict=True):
                         self._settle(request, answer)
+
+    async def _run_by_halves(self, loop: asyncio.AbstractEventLoop, batch: list[_Request]) -> None:
+        """``batch`` raised: find the guilty requests by bisection. Each half runs as a batch;
+        one that succeeds answers all its requests, one that raises is split again, and a
+        request that raises alone gets its own error. Requests answered meanwhile (timed out:
+        their client is gone) or past their deadline are not run again."""
+        # Breadth first: an innocent half is answered before the guilty one's halves are run.
+        parts = deque([batch[: len(batch) // 2], batch[len(batch) // 2 :]])
+        while parts:
+            part = [request for request in parts.popleft() if self._still_wanted(request)]
+            if not part:
+                continue
+            try:
+                answers = await loop.run_in_executor(self._executor, _predict, self._model, part)
+            except asyncio.CancelledError:  # closing: nobody is left waiting on a dead batcher
+                for request in [*part, *(request for rest in parts for request in rest)]:
+                    request.done.cancel()
+                raise
+            except Exception as error:
+                if len(part) == 1:
+                    self._settle(part[0], error)
+                else:
+                    parts += [part[: len(part) // 2], part[len(part) // 2 :]]
+            else:
+                for request, answer in zip(part, answers, strict=True):
+                    self._settle(request, answer)
+
+    def _still_wanted(self, request: _Request) -> bool:
+        if request.done.done():  # timed out: its client had its 504
+            return False
+        if time.perf_counter() - request.submitted >= self._timeout:  # its timer is due
+            if request.timer is not None:
+                request.timer.cancel()
+            _expire(request)
+            return False
+        return True
 
     def _take_batch(self) -> list[_Request]:
         batch: list[_Request] = []
@@ -160,7 +196,9 @@ class InferenceBatcher:
         if isinstance(answer, BaseException):
             request.done.set_exception(answer)
             return
-        # Answered in time: from here the request is acknowledged once its rows are stored.
+        # Answered in time: observed once (a request refused, run again or answered too late
+        # is not), and acknowledged once its rows are stored.
+        self._latency.observe(answer.seconds)
         self._store(answer.rows).add_done_callback(
             lambda stored: _acknowledge(request.done, answer, stored)
         )
@@ -215,18 +253,16 @@ def _predict(model: LoadedModel, batch: list[_Request]) -> list[Inference]:
     if len(outputs) != len(inputs) or not all(isinstance(o, output_schema) for o in outputs):
         # Checked here because the route answers without response_model re-validation.
         raise RuntimeError(f"model {name!r} returned outputs not matching its schema")
-    latency = PREDICTION_LATENCY.labels(name)
     answers, start = [], 0
     for request in batch:
         end = start + len(request.items)
         elapsed = finished - request.submitted  # queue wait + inference, as the timeout sees it
-        latency.observe(elapsed)
         ids = [uuid.uuid4() for _ in request.items]
         mine = outputs[start:end]
         # JSON would carry NaN as null (a required number gone), and PostgreSQL refuses a NUL:
         # the model's fault, never answered nor stored, unless the NUL came in with this
         # request's input (the database refuses it, a 422: the client's data). Raised for the
-        # batch, which is then run again request by request, so only this one fails.
+        # batch, which is then run again by halves, so only this one fails.
         nul_in = _has_nul([item.model_dump() for item in request.items])
         for output in mine:
             dump = output.model_dump()
@@ -238,6 +274,6 @@ def _predict(model: LoadedModel, batch: list[_Request]) -> list[Inference]:
              output.model_dump_json(by_alias=True), elapsed * 1000)
             for id_, item, output in zip(ids, request.items, mine, strict=True)
         ]  # fmt: skip
-        answers.append(Inference(ids, mine, rows))
+        answers.append(Inference(ids, mine, rows, elapsed))
         start = end
     return answers

@@ -10,7 +10,8 @@ arrived while the previous one was committing (at most ``MAX_BATCH_ROWS`` rows).
 The writer owns one psycopg connection on the event loop: no thread hop and no pool pre-ping
 per request. A connection found broken (the server restarted) is replaced and the batch sent
 once more; ``ON CONFLICT (id) DO NOTHING`` makes that retry safe when the first attempt had
-committed before the connection died.
+committed before the connection died. Without a connection to lose (the server is down: the
+last one was dropped), a batch connects once and fails with the server's error.
 """
 
 from __future__ import annotations
@@ -159,12 +160,15 @@ class PredictionWriter:
             return
         columns = [list(column) for column in zip(*rows, strict=True)]
         self._on_connection_use(+1)
+        had_connection = self._connection is not None and not self._connection.closed
         try:
             try:
                 await self._attempt(columns)
             except NoAnswer:
                 raise  # its time is spent: another try would double the client's wait
             except psycopg.OperationalError:
+                if not had_connection:
+                    raise  # no connection to lose (the server is down): a retry would fail alike
                 if self._connection is not None and not self._connection.broken:
                     raise  # e.g. the statement timeout: the server is up, do not hammer it
                 logger.warning("database connection lost; reconnecting once for this batch")

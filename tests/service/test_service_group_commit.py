@@ -4,18 +4,21 @@ its own batch's outcome, and nothing acknowledged is ever lost."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx2
 import psycopg
+import pytest
 from conftest import libpq
 from fastapi import FastAPI
 from service_support import IRIS_INPUT
 
 from service.app import create_app
 from service.config import Settings
+from service.prediction_writer import PredictionWriter
 
 
 @asynccontextmanager
@@ -101,6 +104,44 @@ def test_a_lost_connection_is_replaced_without_failing_the_request(
     responses = asyncio.run(scenario())
     assert [r.status_code for r in responses] == [200, 200, 200]
     assert sorted(stored_ids(db)) == sorted(acknowledged(responses))
+
+
+def test_a_database_never_reached_is_tried_once_per_batch_without_a_lost_connection_warning():
+    """While the database is down from the start there is no connection to lose: each batch
+    tries to connect once and fails (a second try at once would fail alike), and the warning
+    about a lost connection is not written for every batch."""
+    attempts = []
+    warnings: list[str] = []
+
+    async def refused() -> psycopg.AsyncConnection:
+        attempts.append(1)
+        raise psycopg.OperationalError("connection refused")
+
+    class Recorder(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            warnings.append(record.getMessage())
+
+    async def three_batches() -> None:
+        writer = PredictionWriter(refused, timeout_seconds=5)
+        try:
+            for i in range(3):
+                row = (uuid.uuid4(), "iris", "1.0.0", f"down-{i}", '{"a": 1}', '{"b": 2}', 1.0)
+                with pytest.raises(psycopg.OperationalError, match="connection refused"):
+                    await writer.submit([row])
+        finally:
+            await writer.close()
+
+    logger = logging.getLogger("plinth.writer")
+    recorder, level = Recorder(logging.WARNING), logger.level
+    logger.addHandler(recorder)
+    logger.setLevel(logging.WARNING)
+    try:
+        asyncio.run(three_batches())
+    finally:
+        logger.removeHandler(recorder)
+        logger.setLevel(level)
+    assert len(attempts) == 3
+    assert warnings == []
 
 
 def test_sending_a_batch_again_stores_it_once(settings: Settings, db: psycopg.Connection) -> None:
