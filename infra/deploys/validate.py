@@ -224,11 +224,7 @@ _HOST_NAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-
 def check_db_host(value) -> None:
     """db_host: where the service and migrations connect (a URL, a shell line, psycopg)."""
     text = str(value) if isinstance(value, str) else ""
-    try:
-        ipaddress.ip_address(text)
-        is_address = "%" not in text
-    except ValueError:
-        is_address = False
+    is_address = _is_ip_address(text) and "%" not in text
     if not is_address and not (_HOST_NAME.match(text) and not text.endswith(".")):
         _fail(
             f"db_host {value!r} must be a host name or an IP address, without a port "
@@ -240,9 +236,17 @@ def check_db_host(value) -> None:
 _LISTEN_ENTRY = re.compile(r"^(\*|[A-Za-z0-9][A-Za-z0-9.:%-]*)$")
 
 
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def check_listen_addresses(value) -> None:
     entries = listen_addresses(value)
-    if not entries or not all(_LISTEN_ENTRY.match(entry) for entry in entries):
+    if not entries or not all(_LISTEN_ENTRY.match(e) or _is_ip_address(e) for e in entries):
         _fail(
             f"db_listen_addresses {value!r} must be addresses or host names, "
             'e.g. "localhost" or ["localhost", "10.0.0.5"]'
