@@ -8,7 +8,7 @@ from functools import cache
 
 from pyinfra import host
 from pyinfra.api import DeployError, deploy
-from pyinfra.facts.files import File, Link, Sha1File
+from pyinfra.facts.files import File, Link
 from pyinfra.facts.server import Arch, LinuxDistribution
 from pyinfra.operations import apt, files, systemd
 from pyinfra.operations.util import any_changed
@@ -16,10 +16,10 @@ from pyinfra.operations.util import any_changed
 from infra.deploys import layout
 from infra.deploys.cutover import RELEASE_DEFAULTS, release_cutover, release_tool, settings_cutover
 from infra.deploys.hostops import (
-    AppliedChecksum,
     HostPython,
     PathsFresh,
     applied_file,
+    apply_conditions,
     config_directory,
     host_roles,
     pruned,
@@ -138,17 +138,10 @@ def app() -> None:
         pth=LAYER_PTH,
     )
 
-    # Settings on disk that never served: a run that replaced the env file and stopped before
-    # they went live (a failed migration, say) leaves a file up to date from then on, so only
-    # the record of what last served tells (APPLIED_DIR/env, written below).
-    settings_pending = host.get_fact(Sha1File, path=layout.ENV_FILE) != host.get_fact(
-        AppliedChecksum, key="env"
-    )
     env_changed = _env_file(data, release_dir)
-
-    def new_settings() -> bool:
-        return settings_pending or env_changed.did_change()
-
+    # New settings: changed now, or left on disk unserved by a run that stopped before they
+    # went live (a failed migration, say): the record of what last served tells.
+    new_settings, record_settings = apply_conditions("env", layout.ENV_FILE, env_changed)
     units_changed = _units(data)
 
     current = host.get_fact(Link, path=layout.CURRENT_LINK)
@@ -200,7 +193,7 @@ def app() -> None:
         name="The settings in effect (recorded)",
         key="env",
         path=layout.ENV_FILE,
-        _if=new_settings,
+        _if=record_settings,
     )
 
 

@@ -246,12 +246,18 @@ def apply_conditions(key: str, path: str, written):
 
 
 @operation()
-def applied_file(key: str, path: str):
-    """Records that `path` as it is now is in effect for `key`: its checksum, taken on the
-    host (the file may hold a secret, which never travels back). Compare with
-    AppliedChecksum against the Sha1File fact."""
+def recorded(key: str, checksum: str):
+    """Records what is in effect for `key` (AppliedChecksum reads it): the output of the
+    shell command `checksum`, run on the host (the files may hold a secret, which never
+    travels back). Run it right after the operation that put them into effect."""
     d, f = shlex.quote(layout.APPLIED_DIR), shlex.quote(f"{layout.APPLIED_DIR}/{key}")
-    yield f"install -d -m 755 {d} && sha1sum {shlex.quote(path)} | cut -d ' ' -f 1 > {f}"
+    yield f"install -d -m 755 {d} && ({checksum}) > {f}"
+
+
+@operation()
+def applied_file(key: str, path: str):
+    """`recorded` for one file: its checksum as the Sha1File fact gives it."""
+    yield from recorded._inner(key=key, checksum=f"sha1sum {shlex.quote(path)} | cut -d ' ' -f 1")
 
 
 @operation()

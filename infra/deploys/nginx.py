@@ -13,7 +13,7 @@ from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from infra.deploys import layout
-from infra.deploys.hostops import AppliedChecksum
+from infra.deploys.hostops import AppliedChecksum, recorded
 from infra.deploys.templating import template
 from service.config import Settings
 
@@ -147,9 +147,9 @@ def validate_and_reload(changed, pending: bool = False) -> None:
         return pending or changed_now()
 
     systemd.service(name="Reload nginx", service="nginx", reloaded=True, _if=reload)
-    record = shlex.quote(f"{layout.APPLIED_DIR}/nginx")
-    server.shell(
+    recorded(
         name="nginx's configuration in effect (recorded)",
-        commands=[f"install -d -m 755 {layout.APPLIED_DIR} && ({FILES_CHECKSUM}) > {record}"],
+        key="nginx",
+        checksum=FILES_CHECKSUM,
         _if=reload,
     )
