@@ -61,6 +61,8 @@ TLS_DEFAULTS = {
     "tls_hsts_max_age": 63072000,
     "tls_hsts_include_subdomains": True,
     # Security headers on every response, errors included (the API serves JSON, no pages).
+    # Printable ASCII without \ or $; origins in double quotes are fine, e.g.
+    # 'geolocation=(self "https://maps.example.org")'.
     "tls_referrer_policy": "no-referrer",
     "tls_content_security_policy": "default-src 'none'; frame-ancestors 'none'",
     "tls_permissions_policy": (
@@ -137,9 +139,10 @@ def _fail(message: str) -> None:
 
 
 # A header value as nginx's add_header takes it between double quotes: printable ASCII, no
-# quote or backslash (they would end or escape the string) and no `$` (nginx would read a
-# variable). Anything else would make nginx refuse the file, or send a header nobody set.
-_HEADER_VALUE = re.compile(r"^[ !#%-\[\]-~]*$")
+# backslash and no `$` (nginx would read an escape or a variable). A double quote, which a
+# Permissions-Policy origin needs, is escaped by the template. Anything else would make nginx
+# refuse the file, or send a header nobody set.
+_HEADER_VALUE = re.compile(r'^[ !"#%-\[\]-~]*$')
 HEADER_KEYS = ("tls_referrer_policy", "tls_content_security_policy", "tls_permissions_policy")
 # certbot's certificate name and the webroot land in paths and in nginx's files as they are.
 _CERT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -150,7 +153,7 @@ def _check_common(data) -> None:
     for key in HEADER_KEYS:
         value = data.get(key)
         if not isinstance(value, str) or not _HEADER_VALUE.match(value):
-            _fail(f'{key} {value!r} must be printable ASCII without ", \\ or $')
+            _fail(f"{key} {value!r} must be printable ASCII without \\ or $")
     max_age = data.get("tls_hsts_max_age")
     if isinstance(max_age, bool) or not isinstance(max_age, int) or max_age < 0:
         _fail(f"tls_hsts_max_age {max_age!r} must be a whole number of seconds, 0 or more")

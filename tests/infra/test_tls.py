@@ -257,6 +257,19 @@ def test_hsts_and_security_headers_on_every_response(target, path, curl_args, st
             assert headers[name] == value, name
 
 
+def test_a_permissions_policy_with_quoted_origins_is_sent_as_written(target):
+    """An allowlist names origins in double quotes (the header's own syntax), which nginx's
+    add_header needs escaped: the value reaches clients as the inventory wrote it."""
+    policy = 'geolocation=(self "https://maps.example.org"), camera=()'
+    try:
+        run = run_deploy("--data", f"tls_permissions_policy={policy}")
+        assert run.returncode == 0, run.stderr[-2000:]
+        _, headers = _https_response_headers(target, "/healthz")
+        assert headers["permissions-policy"] == policy
+    finally:
+        assert run_deploy().returncode == 0
+
+
 def test_http_is_a_308_to_https_except_the_acme_path(target, host):
     domain, address = target["domain"], target["address"]
     conn = http.client.HTTPConnection(address, 80, timeout=5)
@@ -362,7 +375,7 @@ def test_forced_renewal_new_serial_same_nginx_master_no_failed_request(target, h
         ),
         # Values that land in nginx's files or in paths: each would break one.
         pytest.param(
-            'tls_referrer_policy=no-referrer"', "must be printable ASCII", id="header-quote"
+            "tls_referrer_policy=no-referrer\\", "must be printable ASCII", id="header-backslash"
         ),
         pytest.param(
             "tls_permissions_policy=camera=($host)", "must be printable ASCII", id="header-variable"
