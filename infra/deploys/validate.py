@@ -205,7 +205,10 @@ def check_networks(key: str, value) -> None:
 
 # The backup unit's sandbox hides these (ProtectHome=, PrivateTmp=) or has them read-only: a
 # dump written there would fail every night, or land where nobody looks.
-_HIDDEN_FROM_BACKUPS = ("/home", "/root", "/run", "/tmp", "/var/tmp", "/proc", "/sys", "/dev")  # noqa: S108
+_HIDDEN_FROM_BACKUPS = (  # /var/run and /var/lock lead into /run (tmpfs: gone at reboot)
+    *("/home", "/root", "/run", "/var/run", "/var/lock", "/tmp", "/var/tmp"),  # noqa: S108
+    *("/proc", "/sys", "/dev"),
+)
 
 
 def check_backup_dir(value: str) -> None:
@@ -213,19 +216,25 @@ def check_backup_dir(value: str) -> None:
     if hidden:
         _fail(
             f"backup_dir {value!r} is under {hidden}, which the backup unit's sandbox cannot "
-            f"write; choose e.g. /var/backups/{layout.APP_NAME} or a path under /srv"
+            f"write (or a reboot empties); choose e.g. /var/backups/{layout.APP_NAME} or a "
+            "path under /srv"
         )
 
 
 # A host name as resolvers take it: dot-separated labels of letters, digits and inner hyphens.
-_HOST_NAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+$")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+# (A dot between labels is required: with an optional one, a name that fails to match, such as
+# one with a port, took exponential time to refuse.)
+_HOST_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 
 
 def check_db_host(value) -> None:
     """db_host: where the service and migrations connect (a URL, a shell line, psycopg)."""
     text = str(value) if isinstance(value, str) else ""
     is_address = _is_ip_address(text) and "%" not in text
-    if not is_address and not (_HOST_NAME.match(text) and not text.endswith(".")):
+    # A last label of digits only is no name (10.0.0.256, 999): a mistyped IPv4 address.
+    is_name = bool(_HOST_NAME.match(text)) and not text.rsplit(".", 1)[-1].isdigit()
+    if not is_address and not is_name:
         _fail(
             f"db_host {value!r} must be a host name or an IP address, without a port "
             "(db_port) or brackets, e.g. db.internal or fd00::5"

@@ -85,7 +85,10 @@ def _assert_refused(run, message: str) -> None:
             'app_extra_env={"DB_POOL_SIZE": "${HOME}"}', "without ${", id="env-expansion"
         ),
         pytest.param("app_models=iris,${PLINTH_MODELS}", "without ${", id="env-expansion-models"),
-        pytest.param("db_host=db.internal:5433", "without a port", id="db-host-port"),
+        pytest.param(  # a long name with a port once took the name's pattern minutes to refuse
+            "db_host=database01.production.example.com:5432", "without a port", id="db-host-port"
+        ),
+        pytest.param("db_host=10.0.0.256", "must be a host name or an IP", id="db-host-bad-ip"),
         pytest.param("db_host=[fd00::5]", "or brackets", id="db-host-brackets"),
         pytest.param(  # pg_hba.conf refuses a netmask: PostgreSQL would not start
             'db_client_networks=["10.0.0.0/255.0.0.0"]', "prefix as a length", id="netmask"
@@ -95,6 +98,9 @@ def _assert_refused(run, message: str) -> None:
         ),
         pytest.param(  # hidden from the backup unit by ProtectHome=: every backup would fail
             "backup_dir=/home/backups/plinth", "sandbox cannot write", id="backup-dir-home"
+        ),
+        pytest.param(  # /var/run is /run, a tmpfs: the dumps would go at the next reboot
+            "backup_dir=/var/run/plinth", "sandbox cannot write", id="backup-dir-var-run"
         ),
         pytest.param(  # the unit's private /tmp: dumps would land where nobody looks
             "backup_dir=/var/tmp/plinth", "sandbox cannot write", id="backup-dir-tmp"
