@@ -102,6 +102,10 @@ def require_provisioned() -> None:
         )
 
 
+# The record (hostops.apply_conditions) of the env file whose settings serve.
+SETTINGS_RECORD = "env"
+
+
 def database_url(data, role: str, password: str) -> str:
     host_part = f"[{data.db_host}]" if ":" in data.db_host else data.db_host  # IPv6: RFC 3986
     return f"postgresql+psycopg://{role}:{password}@{host_part}:{data.db_port}/{data.db_name}"
@@ -141,7 +145,7 @@ def app() -> None:
     env_changed = _env_file(data, release_dir)
     # New settings: changed now, or left on disk unserved by a run that stopped before they
     # went live (a failed migration, say): the record of what last served tells.
-    new_settings, record_settings = apply_conditions("env", layout.ENV_FILE, env_changed)
+    new_settings, record_settings = apply_conditions(SETTINGS_RECORD, layout.ENV_FILE, env_changed)
     units_changed = _units(data)
 
     current = host.get_fact(Link, path=layout.CURRENT_LINK)
@@ -191,7 +195,7 @@ def app() -> None:
     # Reached only when the settings serve (healthy cutover, or started with them).
     applied_file(
         name="The settings in effect (recorded)",
-        key="env",
+        key=SETTINGS_RECORD,
         path=layout.ENV_FILE,
         _if=record_settings,
     )
@@ -300,6 +304,7 @@ def _env_file(data, release_dir: str):
             f"{release_dir}/venv/bin/{layout.APP_NAME} check-config >/dev/null"
         ),
         previous=layout.ENV_FILE_PREVIOUS,
+        served_record=f"{layout.APPLIED_DIR}/{SETTINGS_RECORD}",
         **render,
     )
 

@@ -103,15 +103,18 @@ def render_with_secret(
     group: str,
     check: str = "",
     previous: str = "",
+    served_record: str = "",
 ):
     """`dest` = `source` with `placeholder` replaced by the secret, 0640 root:`group`, written
     atomically by python3 on the host (the secret never leaves the host). `check`, a shell
     command, is run first on the candidate file (its path in $CANDIDATE): when it fails, the
     candidate is removed, `dest` stays as it was and the operation fails with its output.
-    `previous`: where the file being replaced is kept (0640 root:root)."""
+    `previous`: where the file being replaced is kept (0640 root:root), for a rollback to go
+    back to; but not a `dest` that never served, by `served_record` (the checksum recorded
+    when it last did): a run that stopped before its file served leaves the one before it."""
     script = (
-        "import grp, os, shutil, subprocess, sys\n"
-        "src, secret, dest, mark, group, check, previous = sys.argv[1:]\n"
+        "import grp, hashlib, os, shutil, subprocess, sys\n"
+        "src, secret, dest, mark, group, check, previous, record = sys.argv[1:]\n"
         "text = open(src).read().replace(mark, open(secret).read().strip())\n"
         "tmp = dest + '.tmp'\n"
         "fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)\n"
@@ -120,11 +123,13 @@ def render_with_secret(
         "env = {**os.environ, 'CANDIDATE': tmp}\n"
         "if check and subprocess.run(check, shell=True, env=env).returncode:\n"
         "    os.unlink(tmp); sys.exit(f'{dest} left as it was: the new one fails its check')\n"
-        "if previous and os.path.exists(dest):\n"
+        "served = open(record).read().strip() if record and os.path.exists(record) else None\n"
+        "if previous and os.path.exists(dest) and (served is None or not os.path.exists(previous)"
+        " or served == hashlib.sha1(open(dest, 'rb').read()).hexdigest()):\n"
         "    shutil.copy2(dest, previous)\n"
         "os.replace(tmp, dest)\n"
     )
-    args = (source, secret_file, dest, placeholder, group, check, previous)
+    args = (source, secret_file, dest, placeholder, group, check, previous, served_record)
     yield f"python3 -c {shlex.quote(script)} {' '.join(shlex.quote(a) for a in args)}"
 
 

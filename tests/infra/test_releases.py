@@ -440,6 +440,28 @@ def test_settings_a_stopped_run_left_unapplied_are_applied_by_the_next_deploy(
         ssh(rehearsal, f"cp -a {kept} {env} && rm -f {kept}")
 
 
+def test_a_failed_settings_change_goes_back_to_settings_that_served(first_deploy, rehearsal):
+    """After a stopped run left settings on disk that never served (a batch limit of 4 here),
+    the next deploy's settings fail their health check: the rollback goes back to the
+    settings that served (the inventory's), not to the ones that never did."""
+    assert run_deploy().returncode == 0
+    env, kept = layout.ENV_FILE, "/root/plinth.env.served"
+    served = ssh(rehearsal, f"cp -a {env} {kept} && sha256sum < {env}")
+    ssh(rehearsal, f"sed -i 's/^PLINTH_MAX_BATCH_SIZE=.*/PLINTH_MAX_BATCH_SIZE=4/' {env}")
+    unreachable = {"DATABASE_URL": "postgresql+psycopg://plinth:unreachable-db@127.0.0.1:1/plinth"}
+    try:
+        run = run_deploy("--data", f"app_extra_env={json.dumps(unreachable)}")
+        assert run.returncode != 0
+        assert "the previous settings are back and serve again" in run.stderr, run.stderr[-3000:]
+        back = ssh(rehearsal, f"grep -h MAX_BATCH_SIZE {env} {layout.ENV_FILE_PREVIOUS}")
+        assert ssh(rehearsal, f"sha256sum < {env}") == served, (back, run.stderr[-2000:])
+        assert _batch_of_five(rehearsal) == 200, run.stderr[-2000:]
+    finally:
+        ssh(rehearsal, f"cp -a {kept} {env} && rm -f {kept}")
+    again = run_deploy()
+    assert again.returncode == 0, again.stderr[-3000:]
+
+
 def test_a_restart_of_the_unit_refuses_no_request(first_deploy, rehearsal):
     """After a cutover too, when systemd's main PID is the re-executed master it did not
     fork: every process is stopped gracefully (TERM, in-flight requests finish), none KILLed."""
