@@ -17,6 +17,8 @@ LOGCAPS_DEFAULTS = {
     # Rotated nginx logs kept per log file (compressed).
     "nginx_log_rotate": 14,
 }
+# logrotate.timer's drop-in: every hour instead of Debian's daily.
+HOURLY_DROPIN = f"{layout.SYSTEMD_UNIT_DIR}/logrotate.timer.d/{layout.APP_NAME}-hourly.conf"
 
 
 @deploy("Log caps", data_defaults=LOGCAPS_DEFAULTS)
@@ -30,9 +32,10 @@ def logcaps() -> None:
         max_size=data.nginx_log_max_size,
         rotate=int(data.nginx_log_rotate),
     )
-    dropin = f"{layout.SYSTEMD_UNIT_DIR}/logrotate.timer.d/{layout.APP_NAME}-hourly.conf"
-    hourly = template("systemd/logrotate-hourly.conf.j2", dropin, name="logrotate.timer: hourly")
-    apply, record = apply_conditions("logrotate-timer", dropin, hourly)
+    hourly = template(
+        "systemd/logrotate-hourly.conf.j2", HOURLY_DROPIN, name="logrotate.timer: hourly"
+    )
+    apply, record = apply_conditions("logrotate-timer", HOURLY_DROPIN, hourly)
     systemd.daemon_reload(name="systemd reads logrotate.timer's drop-in", _if=apply)
     systemd.service(
         name="logrotate.timer active", service="logrotate.timer", running=True, enabled=True
@@ -46,6 +49,6 @@ def logcaps() -> None:
     applied_file(
         name="logrotate.timer's schedule in effect (recorded)",
         key="logrotate-timer",
-        path=dropin,
+        path=HOURLY_DROPIN,
         _if=record,
     )

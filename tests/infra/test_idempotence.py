@@ -10,7 +10,9 @@ import pytest
 
 from infra.deploys import layout
 from infra.deploys.firewall import NFTABLES_CONF
+from infra.deploys.logcaps import HOURLY_DROPIN
 from infra.deploys.nginx import FILES_CHECKSUM
+from infra.deploys.sandbox import NGINX_DROPIN, POSTGRESQL_DROPIN
 
 pytestmark = pytest.mark.infra
 
@@ -156,3 +158,45 @@ def test_postgresql_settings_written_but_never_applied_are_applied_by_the_next_d
         assert again.returncode == 0 and again.totals["success"] == 0, again.stderr[-3000:]
     finally:
         host.run(f"cp -a {kept} {conf} && rm -f {kept}")
+
+
+def _recorded(host, key: str, path: str) -> bool:
+    record = host.check_output(f"cat {layout.APPLIED_DIR}/{key}")
+    return record == host.check_output(f"sha1sum {path} | cut -d ' ' -f 1")
+
+
+def test_every_record_that_differs_from_its_file_makes_the_next_deploy_apply_it(host, deploy):
+    """The records the two tests above leave out, each as a stopped run leaves it: the record
+    holds what was in effect before (here a checksum of something else) and the file on disk
+    is the deploy's. The next deploy puts each file into effect (a restart or a reload of the
+    unit that reads it), records it, and changes nothing the time after. PostgreSQL's sandbox
+    takes a round of its own: its restart would hide pg_hba's reload."""
+    hba = host.check_output("ls /etc/postgresql/*/main/pg_hba.conf")
+    invocation = "systemctl show -p InvocationID --value "
+    pg = "runuser -u postgres -- psql -tAc "
+    earlier = "echo 'in effect before' | sha1sum | cut -d ' ' -f 1"  # a record of other content
+    # key -> (the file it records, how the host shows that the file was put into effect)
+    rounds = [
+        {
+            "journald": (layout.JOURNALD_DROPIN, invocation + "systemd-journald"),
+            "logrotate-timer": (HOURLY_DROPIN, invocation + "logrotate.timer"),
+            "sandbox-nginx": (NGINX_DROPIN, invocation + "nginx"),
+            "postgresql-hba": (hba, pg + "'select pg_conf_load_time()'"),
+        },
+        {"sandbox-postgresql": (POSTGRESQL_DROPIN, pg + "'select pg_postmaster_start_time()'")},
+    ]
+    for records in rounds:
+        before = {key: host.check_output(show) for key, (_, show) in records.items()}
+        started = host.check_output(pg + "'select pg_postmaster_start_time()'")
+        for key in records:
+            host.check_output(f"{earlier} > {layout.APPLIED_DIR}/{key}")
+        run = deploy()
+        assert run.returncode == 0, run.stderr[-3000:]
+        after = {key: host.check_output(show) for key, (_, show) in records.items()}
+        assert [key for key in records if after[key] == before[key]] == [], run.stderr[-3000:]
+        stale = [key for key, (path, _) in records.items() if not _recorded(host, key, path)]
+        assert stale == []
+        if "postgresql-hba" in records:  # a reload: the same server, its files read again
+            assert host.check_output(pg + "'select pg_postmaster_start_time()'") == started
+        again = deploy()
+        assert again.returncode == 0 and again.totals["success"] == 0, again.stderr[-3000:]
