@@ -278,7 +278,7 @@ def _env_file(data, release_dir: str):
     if "db" not in host_roles():  # on a db host the postgres deploy made it already
         secret.append(
             secret_file(
-                name="Database password generated on the host (copy it to the db host)",
+                name="Database password (generated here unless copied from the db host)",
                 path=layout.DB_PASSWORD_FILE,
             )
         )

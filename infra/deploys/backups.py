@@ -13,7 +13,7 @@ from pyinfra.operations import files, server, systemd
 
 from infra.deploys import layout
 from infra.deploys.database_roles import converge_command
-from infra.deploys.hostops import units_to_reload
+from infra.deploys.hostops import host_roles, units_to_reload
 from infra.deploys.postgres import DB_CONNECTION_DEFAULTS
 from infra.deploys.templating import template
 
@@ -105,24 +105,46 @@ def chosen_dump(data, requested: str | None) -> str:
 
 @deploy("Restore the database", data_defaults=BACKUP_DEFAULTS)
 def restore_database(requested: str | None = None) -> None:
-    """Replace the database's contents with a dump: the service (and its socket, which would
-    start it again) stops; the database as it is is dumped first (PRE_RESTORE_PREFIX, in
-    backup_dir: a restore of the wrong dump can be undone); pg_restore runs in one transaction;
-    the owner role gets back every object and the service role its row grants (a dump from
-    before the owner role existed has the service role as owner); then both start again,
-    whatever happened."""
-    data = host.data
+    """Replace the database's contents with a dump while the service is stopped (with its
+    socket, which would start it again), then start it again whatever happened.
+
+    On a host with both roles that is one shell. On a split topology the service's hosts and
+    the database's are others: each app host stops its service, then the db host restores,
+    then the app hosts start again. pyinfra runs each operation on every host before the next
+    one, in the order of the lines here, and a host that fails (a failed restore) leaves the
+    others going, so the app hosts start again after a failed restore too."""
+    roles = host_roles()
+    units = f"{layout.SOCKET_UNIT} {layout.SERVICE_UNIT}"
+    if "db" not in roles:
+        _on_app_host("stop", units, "Stop the service: the database host restores next")
+    else:
+        _restore(host.data, requested, units if "app" in roles else None)
+    if "db" not in roles:
+        _on_app_host("start", units, "Start the service again, whatever the restore did")
+
+
+def _on_app_host(verb: str, units: str, name: str) -> None:
+    # Not systemd.service(running=...): its fact is read before any operation runs, when the
+    # service still runs, so "running" would be a no-op after the stop.
+    server.shell(name=name, commands=[f"systemctl {verb} {units}"])
+
+
+def _restore(data, requested: str | None, units: str | None) -> None:
+    """The dump restored on the database host, with `units` stopped around it when it serves
+    too: the database as it is is dumped first (PRE_RESTORE_PREFIX, in backup_dir: a restore
+    of the wrong dump can be undone); pg_restore runs in one transaction; the owner role gets
+    back every object and the service role its row grants (a dump from before the owner role
+    existed has the service role as owner)."""
     dump = chosen_dump(data, requested)
     d, db = shlex.quote(dump), shlex.quote(data.db_name)
     # Named here, not on the host, so that pyinfra's output says where it is.
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     before = f"{data.backup_dir}/{PRE_RESTORE_PREFIX}{data.db_name}-{stamp}.dump"
-    units = f"{layout.SOCKET_UNIT} {layout.SERVICE_UNIT}"
     server.shell(
         name=f"Restore {dump} (the database as it was first dumped to {before})",
         commands=[
             f"test -f {d} || {{ printf 'no such dump: %s\\n' {d} >&2; exit 1; }}",
-            f"systemctl stop {units}",
+            *([f"systemctl stop {units}"] if units else []),
             # One shell: the service starts again whatever fails in it.
             # Written beside its name and renamed once complete, as the nightly dumps: a
             # truncated one must never look like the way back.
@@ -140,6 +162,7 @@ def restore_database(requested: str | None = None) -> None:
             'then rc=1; echo "data restored, but setting its owner and grants failed (above): '
             'run the whole deploy, which sets them again" >&2; '
             'else rc=0; echo "restored; the database as it was before: $before"; fi; '
-            f"systemctl start {units}; exit $rc",
+            + (f"systemctl start {units}; " if units else "")
+            + "exit $rc",
         ],
     )

@@ -83,7 +83,7 @@ def migration_account() -> None:
     )
     if "db" not in host_roles():  # on a db host the postgres deploy made it already
         secret_file(
-            name="Database owner password generated on the host (copy it to the db host)",
+            name="Database owner password (generated here unless copied from the db host)",
             path=layout.DB_OWNER_PASSWORD_FILE,
         )
 

@@ -45,6 +45,12 @@ if _info.get("acme_directory"):
 else:
     _data["tls_mode"] = "off"
 
-# One host holds both roles.
-app = [("rehearsal", _data)]
-db = ["rehearsal"]
+# One host holds both roles. PLINTH_REHEARSAL_ROLES=app (or db) plays one side of a split
+# topology (group_data/db.py) on it: the host is then in that group alone, and the deploy
+# does that role's part only (the restore's tests use it).
+_roles = (os.environ.get("PLINTH_REHEARSAL_ROLES") or "app,db").split(",")
+if not _roles or set(_roles) - {"app", "db"}:
+    raise InventoryError(f"PLINTH_REHEARSAL_ROLES must be app, db or app,db, not {_roles!r}")
+_host = ("rehearsal", _data)
+app = [_host] if "app" in _roles else []
+db = [_host] if "db" in _roles else []

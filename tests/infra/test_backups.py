@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 
+from infra.deploys import layout
 from infra.deploys.backups import PRE_RESTORE_PREFIX
 from tests.infra.conftest import INVENTORY, REPO, host_json_path
 from tests.infra.https_client import IRIS, PREDICT_PATH, request
@@ -25,8 +26,9 @@ def _run_backup(host) -> str:
     return host.check_output(f"ls -1t {BACKUP_DIR}/plinth-*.dump | head -n 1")
 
 
-def _restore(dump_name: str | None):
+def _restore(dump_name: str | None, roles: str = "app,db"):
     env = {**os.environ, "PLINTH_REHEARSAL_HOST_JSON": str(host_json_path())}
+    env["PLINTH_REHEARSAL_ROLES"] = roles
     env.pop("PLINTH_RESTORE_DUMP", None)
     if dump_name:
         env["PLINTH_RESTORE_DUMP"] = dump_name
@@ -135,3 +137,39 @@ def test_a_restore_that_fails_midway_changes_nothing_and_the_service_comes_back(
         time.sleep(0.2)
     status, _, body = request(rehearsal, "GET", f"/v1/predictions/{prediction_id}")
     assert status == 200, body
+
+
+def _service_invocation(host) -> str:
+    return host.check_output(f"systemctl show -p InvocationID --value {layout.SERVICE_UNIT}")
+
+
+def test_on_a_split_topology_the_app_hosts_stop_around_the_db_hosts_restore(host, rehearsal):
+    """Each side of a split topology (the database on a host of its own), played by the one
+    host in one group at a time (PLINTH_REHEARSAL_ROLES). An app host's part stops the service
+    and starts it again and leaves the database alone; the db host's part restores without a
+    word to the service's units, which a database host does not have. In one run over both
+    hosts pyinfra runs the app hosts' stop, the db host's restore, the app hosts' start."""
+    status, _, body = request(rehearsal, "POST", PREDICT_PATH, {"inputs": [IRIS]})
+    assert status == 200, body
+    prediction_id = body["predictions"][0]["id"]
+    dump = _run_backup(host).rsplit("/", 1)[-1]
+    delete = f"delete from predictions where id = '{prediction_id}'"  # noqa: S608 (a UUID)
+    host.check_output(f'runuser -u postgres -- psql -d plinth -tAc "{delete}"')
+    dumps = host.check_output(f"ls {BACKUP_DIR}")
+
+    invocation = _service_invocation(host)
+    app_side = _restore(dump, roles="app")
+    assert app_side.returncode == 0, app_side.stderr[-2000:]
+    assert _service_invocation(host) != invocation  # stopped, then started again
+    deadline = time.monotonic() + 10
+    while request(rehearsal, "GET", "/readyz")[0] != 200:
+        assert time.monotonic() < deadline, "not ready after the app host's part"
+        time.sleep(0.2)
+    assert request(rehearsal, "GET", f"/v1/predictions/{prediction_id}")[0] == 404
+    assert host.check_output(f"ls {BACKUP_DIR}") == dumps  # nothing dumped, nothing restored
+
+    invocation = _service_invocation(host)
+    db_side = _restore(dump, roles="db")
+    assert db_side.returncode == 0, db_side.stderr[-2000:]
+    assert request(rehearsal, "GET", f"/v1/predictions/{prediction_id}")[0] == 200
+    assert _service_invocation(host) == invocation  # never stopped

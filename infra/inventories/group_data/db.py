@@ -6,6 +6,10 @@ another host than the service, set in host data:
   (the app host's address, with its prefix length) and firewall_tcp_ports with 5432 added to
   80 and 443 (open to everyone: pg_hba.conf then admits only db_client_networks, with
   scram-sha-256);
-- the service's password, generated on the app host, copied to the db host's
-  /etc/plinth/database-password before the db host's deploy.
+- the two roles' passwords, the same on both hosts: deploy the db host first (it generates
+  /etc/plinth/database-password and /etc/plinth/database-owner-password), copy both to each
+  app host (same paths, 0600 root) through a pipe, never a command line:
+      f=/etc/plinth/database-password   # then f=/etc/plinth/database-owner-password
+      ssh DB sudo cat $f | ssh APP sudo install -D -m 600 /dev/stdin $f
+  then deploy the app hosts.
 tests/infra/test_database_over_the_network.py plays the network part of this on one host."""
