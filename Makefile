@@ -7,7 +7,7 @@ RELEASE ?= bookworm
 .PHONY: help rehearse rehearse-down deploy-rehearsal release-rehearsal rollback restore ssh logs \
         deploy-production release-production rollback-production \
         deploy-production-dry dev lint format test test-service test-infra test-infra-bookworm \
-        test-infra-trixie test-rehearsal-tool bench
+        test-infra-trixie test-infra-split test-rehearsal-tool bench
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-24s %s\n", $$1, $$2}'
@@ -66,7 +66,8 @@ format:  ## apply ruff's formatting and safe fixes
 
 # `make test` runs three lanes side by side (scripts/parallel_make.py): most of the time is spent
 # waiting on hosts booting and deploying, not on the 2 CPUs, and the lanes use hosts of their own.
-TEST_LANES := "test-service test-infra-trixie" "test-infra-bookworm" "test-rehearsal-tool test-vagrant"
+TEST_LANES := "test-service test-infra-trixie" "test-infra-bookworm" \
+              "test-rehearsal-tool test-vagrant test-infra-split"
 
 test: lint  ## every test: lint, then service, infra on bookworm and trixie, rehearsal tool, Vagrant
 	$(RUN) python scripts/parallel_make.py $(TEST_LANES)
@@ -80,16 +81,21 @@ TRIXIE_ENV := PLINTH_REHEARSAL_RELEASE=trixie PLINTH_REHEARSAL_DIR=.rehearsal-tr
 TRIXIE_TESTS := $(addprefix tests/infra/,test_host_provisioning.py test_host_serving.py test_host_ssh.py \
                 test_host_secrets.py test_least_privilege.py test_idempotence.py test_tls.py \
                 test_lynis.py)
-# These two boot machines of their own (tool hosts on 10.213.250-251, the Vagrant machine).
-OWN_HOST_TESTS := tests/infra/test_rehearsal_tool.py tests/infra/test_vagrant.py
+# These boot machines of their own (tool hosts on 10.213.250-251, the Vagrant machine, the split
+# topology's two hosts on 10.213.6-7).
+OWN_HOST_TESTS := tests/infra/test_rehearsal_tool.py tests/infra/test_vagrant.py \
+                  tests/infra/test_split_topology.py
 
-test-infra: test-infra-bookworm test-infra-trixie test-rehearsal-tool test-vagrant  ## all infra tests, one after another
+test-infra: test-infra-bookworm test-infra-trixie test-rehearsal-tool test-vagrant test-infra-split  ## all infra tests, one after another
 
 test-infra-bookworm:  ## deploys, TLS, releases, hardening on a bookworm rehearsal host
 	$(RUN) pytest -x -q tests/infra $(addprefix --ignore=,$(OWN_HOST_TESTS))
 
 test-infra-trixie:  ## the host checks again on a Debian 13 rehearsal host
 	$(TRIXIE_ENV) $(RUN) pytest -x -q $(TRIXIE_TESTS)
+
+test-infra-split:  ## the service on one host, PostgreSQL on another (two rehearsal hosts of its own)
+	$(RUN) pytest -x -q tests/infra/test_split_topology.py
 
 test-rehearsal-tool:  ## the rehearsal tool's own tests (boots and breaks hosts of its own)
 	$(RUN) pytest -x -q tests/infra/test_rehearsal_tool.py

@@ -54,6 +54,9 @@ class Settings:
     boot_timeout: float = DEFAULT_BOOT_TIMEOUT
     extra_tools: dict[str, str] = field(default_factory=dict)  # binary -> Debian package
     tmpfs_size: str | None = DEFAULT_TMPFS_SIZE  # None: unpack onto the disk instead
+    # Subnets of other rehearsals this host reaches, and is reached from, without NAT (two
+    # hosts of one split topology: the app host and the database's).
+    peers: tuple[ipaddress.IPv4Network, ...] = ()
 
     @property
     def gateway(self) -> ipaddress.IPv4Address:
@@ -170,7 +173,17 @@ def load_settings(
         ),
         extra_tools=_parse_tools(_env("EXTRA_TOOLS") or ""),
         tmpfs_size=_parse_size(_env("TMPFS_SIZE") or DEFAULT_TMPFS_SIZE),
+        peers=_parse_peers(_env("PEERS") or "", subnet or _env("SUBNET") or DEFAULT_SUBNET),
     )
+
+
+def _parse_peers(text: str, own: str) -> tuple[ipaddress.IPv4Network, ...]:
+    """`subnet,subnet`: other rehearsals' subnets, none overlapping this one's."""
+    peers = tuple(_parse_subnet(part.strip()) for part in text.split(",") if part.strip())
+    for peer in peers:
+        if peer.overlaps(ipaddress.IPv4Network(own)):
+            raise RehearsalError(f"peer subnet {peer} overlaps this rehearsal's subnet {own}")
+    return peers
 
 
 def _parse_size(text: str) -> str | None:

@@ -91,6 +91,7 @@ def _create(
             "name": settings.name,
             "release": release,
             "subnet": str(settings.subnet),
+            "peers": [str(peer) for peer in settings.peers],
             "gateway": gateway,
             "address": address,
             "domain": settings.domain,
@@ -129,7 +130,9 @@ def _create(
     sd.update(ip_forward_old=network.read_ip_forward())
     network.enable_ip_forward()
     sd.update(nft_table=settings.nft_table)
-    network.add_nat(settings.nft_table, str(settings.subnet), iface)
+    network.add_nat(
+        settings.nft_table, str(settings.subnet), iface, [str(p) for p in settings.peers]
+    )
 
     # Pebble starts while the host boots.
     workdir = sd / PEBBLE_DIR

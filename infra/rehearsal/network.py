@@ -20,19 +20,25 @@ def nft_table_exists(table: str) -> bool:
     return run(["nft", "list", "table", "ip", table], check=False).returncode == 0
 
 
-def add_nat(table: str, subnet: str, iface: str) -> None:
+def add_nat(table: str, subnet: str, iface: str, peers: list[str] | tuple[str, ...] = ()) -> None:
     """Masquerade the subnet's traffic to the outside; forward only what comes from the
     rehearsal's veth with a subnet source, and only replies back into it. The chains' policy
-    is accept so traffic that is not the rehearsal's is left to whatever else decides it."""
+    is accept so traffic that is not the rehearsal's is left to whatever else decides it.
+    `peers` (other rehearsals' subnets) are reached without NAT and may open connections in,
+    as the hosts of one private network do."""
+    peer_set = "{ " + ", ".join(peers) + " }" if peers else ""
+    not_to_peers = f"ip daddr != {peer_set} " if peers else ""
+    from_peers = f'oifname "{iface}" ip saddr {peer_set} accept' if peers else ""
     ruleset = f"""
 table ip {table} {{
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
-        ip saddr {subnet} ip daddr != {subnet} masquerade
+        ip saddr {subnet} ip daddr != {subnet} {not_to_peers}masquerade
     }}
     chain forward {{
         type filter hook forward priority filter; policy accept;
         iifname "{iface}" ip saddr {subnet} accept
+        {from_peers}
         oifname "{iface}" ct state established,related accept
         iifname "{iface}" drop
         oifname "{iface}" drop

@@ -112,7 +112,7 @@ def _reattach(sd: StateDir, nspawn_pid: int, log: Path, reboots: int) -> None:
     if table and (iface != state.get("iface") or not network.nft_table_exists(table)):
         # The rules name the interface: remake them for the new one.
         network.delete_nat(table)
-        network.add_nat(table, state["subnet"], iface)
+        network.add_nat(table, state["subnet"], iface, state.get("peers", []))
     record = {
         "nspawn_pid": nspawn_pid,
         "init_pid": init_pid,
