@@ -91,8 +91,6 @@ def host_target() -> Target:
 def require_provisioned() -> None:
     """For an app-only release (infra/deploys/release.py): the whole deploy has set this host
     up (a release serves behind nginx), else one line says what to run."""
-    if "app" not in host_roles():
-        raise DeployError(f"release: {host.name} has no app role; releases go to app hosts")
     served = host.get_fact(Link, path=layout.CURRENT_LINK)
     proxied = host.get_fact(Link, path=layout.NGINX_SITE_ENABLED)
     if not (served and proxied):

@@ -63,8 +63,13 @@ def ssh(info: dict, command: str) -> str:
     return run.stdout.strip()
 
 
-def deploy(*extra: str, entry: str = "infra/deploys/site.py") -> DeployRun:
-    return run_deploy(*extra, inventory=INVENTORY, entry=entry)
+def deploy(*extra: str, entry: str = "infra/deploys/site.py", **env: str) -> DeployRun:
+    os.environ.update(env)
+    try:
+        return run_deploy(*extra, inventory=INVENTORY, entry=entry)
+    finally:
+        for key in env:
+            os.environ.pop(key, None)
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +171,23 @@ def test_a_restore_over_both_hosts_stops_the_service_around_the_database_hosts_p
     assert ssh(app, invocation) != before
     status, _, body = request(app, "GET", f"/v1/predictions/{prediction_id}")
     assert status == 200, body
+
+
+def _revision(app: dict) -> str:
+    status, _, body = request(app, "GET", "/version")
+    assert status == 200, body
+    return body["git_revision"]
+
+
+def test_a_release_and_a_rollback_over_both_hosts_go_to_the_service_host_alone(hosts, deployed):
+    """`make release-*` and `make rollback*` over the whole inventory: the database host is
+    passed over (it used to fail the whole run), and nothing of a release lands there."""
+    app, db = hosts["app"], hosts["db"]
+    before, revision = _revision(app), f"split-{uuid.uuid4().hex[:8]}"
+    release = deploy(entry="infra/deploys/release.py", PLINTH_RELEASE_REVISION=revision)
+    assert release.returncode == 0, release.stderr[-3000:]
+    assert _revision(app) == revision
+    rollback = deploy(entry="infra/deploys/rollback.py")
+    assert rollback.returncode == 0, rollback.stderr[-3000:]
+    assert _revision(app) == before
+    assert ssh(db, f"ls -A {layout.RELEASES_DIR} 2>/dev/null | wc -l") == "0"
