@@ -41,7 +41,7 @@ ACCESS_DEFAULTS = {
     # sshd: seconds between checks that a silent client is still there (2 misses: dropped).
     "ssh_client_alive_interval": 300,
 }
-# sshd's numbers above; sshd itself judges their range (`sshd -t`).
+# sshd's numbers above; validate.py checks their range (`sshd -t` takes a 0 that lets no one in).
 SSHD_NUMBERS = ("ssh_max_auth_tries", "ssh_max_sessions", "ssh_client_alive_interval")
 # What login.py needs to log in the way this run did.
 _LOGIN_KEYS = (
@@ -96,7 +96,7 @@ def access() -> None:
     policy = render(
         "ssh/sshd-plinth.conf.j2",
         deploy_user=user,
-        **{key: _whole_number(data, key) for key in SSHD_NUMBERS},
+        **{key: data.get(key) for key in SSHD_NUMBERS},  # whole numbers: validate.py
     )
     policy_changes = host.get_fact(Sha1File, path=layout.SSHD_DROPIN) != sha1_of(policy)
     if policy_changes and data.get("ssh_user") != user:
@@ -123,13 +123,6 @@ def access() -> None:
         name="Reload sshd", service="ssh", reloaded=True, _if=lambda: pending or sshd.did_change()
     )
     applied(name="sshd's policy in effect (recorded)", key="sshd", content=policy)
-
-
-def _whole_number(data, key: str) -> int:
-    value = data.get(key)
-    if isinstance(value, bool) or not str(value).lstrip("-").isdigit():
-        raise DeployError(f"{key} {value!r} is not a whole number")
-    return int(value)
 
 
 def _keeps_this_login(data, user: str, keys: list[str]) -> None:

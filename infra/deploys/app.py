@@ -254,20 +254,27 @@ def env_value(value) -> str:
     return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+# The service's settings (PLINTH_<name>) the env file takes from a data key each; validate.py
+# refuses them in app_extra_env, which would pass over the key's own check.
+ENV_FROM_DATA = {
+    "ENVIRONMENT": "app_environment",
+    "MODELS": "app_models",
+    "WORKERS": "app_workers",
+    "LOG_LEVEL": "app_log_level",
+    "MAX_BATCH_SIZE": "app_max_batch_size",
+    "TIMEOUT_SECONDS": "app_timeout_seconds",
+    "GRACEFUL_TIMEOUT_SECONDS": "app_graceful_timeout_seconds",
+}
+
+
 def _env_file(data, release_dir: str):
     """The env file: rendered without the secret, then completed on the host, where the
     release about to serve checks it first (`plinth check-config`, as the service user): a
     setting the service refuses fails the deploy with the service's own line, and the file
     in place (so the running workers, and the ones a reload starts) stays as it was."""
     env = {
-        "ENVIRONMENT": data.app_environment,
         "DATABASE_URL": database_url(data, data.db_user, layout.DB_PASSWORD_PLACEHOLDER),
-        "MODELS": data.app_models,
-        "WORKERS": data.app_workers,
-        "LOG_LEVEL": data.app_log_level,
-        "MAX_BATCH_SIZE": data.app_max_batch_size,
-        "TIMEOUT_SECONDS": data.app_timeout_seconds,
-        "GRACEFUL_TIMEOUT_SECONDS": data.app_graceful_timeout_seconds,
+        **{name: data.get(key) for name, key in ENV_FROM_DATA.items()},
         **{key.upper(): value for key, value in dict(data.app_extra_env).items()},
     }
     env = {key: env_value(value) for key, value in env.items()}

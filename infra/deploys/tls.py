@@ -23,7 +23,7 @@ from pyinfra.operations import apt, files, systemd
 from infra.deploys import layout
 from infra.deploys.nginx import validate_and_reload
 from infra.deploys.templating import TEMPLATES_DIR, template
-from infra.deploys.validate import ABSOLUTE_PATH, InventoryDataError
+from infra.deploys.validate import ABSOLUTE_PATH, InventoryDataError, hidden_by_sandbox
 
 TLS_MODES = ("acme", "self-signed", "off")
 ACME_DIRECTORIES = {
@@ -168,6 +168,13 @@ def _check_common(data) -> None:
             f"tls_acme_webroot {webroot!r} must be an absolute path without a trailing /, "
             "e.g. /var/www/letsencrypt"
         )
+    if hidden := hidden_by_sandbox(webroot):
+        # nginx serves the challenges certbot writes there: its sandbox would hide them, and
+        # every renewal after the first certificate would fail behind a green deploy.
+        _fail(
+            f"tls_acme_webroot {webroot!r} is under {hidden}, which nginx's sandbox hides; "
+            "choose e.g. /var/www/letsencrypt"
+        )
 
 
 def tls_settings(data) -> dict:
@@ -179,7 +186,10 @@ def tls_settings(data) -> dict:
     domains = data.get("tls_domains") or ([data.domain] if data.get("domain") else [])
     if isinstance(domains, str):  # --data tls_domains=a.example,b.example
         domains = domains.replace(",", " ").split()
-    settings = {"mode": mode, "domains": [str(d).lower().rstrip(".") for d in domains]}
+    # Each name once, in order: certbot keeps one of a name given twice, so a list with a
+    # repeat would never match the certificate and re-issue it on every deploy.
+    names = dict.fromkeys(str(d).lower().rstrip(".") for d in domains)
+    settings = {"mode": mode, "domains": list(names)}
     if mode == "off":
         return settings
     if not settings["domains"]:

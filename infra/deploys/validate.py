@@ -5,13 +5,15 @@ from __future__ import annotations
 import ipaddress
 import re
 import shlex
+import zoneinfo
 
 from pyinfra import host
 from pyinfra.api import DeployError, FactBase, deploy
 from pyinfra.facts.server import LinuxDistribution
 
 from infra.deploys import layout
-from infra.deploys.app import APP_DEFAULTS
+from infra.deploys.access import ACCESS_DEFAULTS
+from infra.deploys.app import APP_DEFAULTS, ENV_FROM_DATA
 from infra.deploys.backups import BACKUP_DEFAULTS
 from infra.deploys.base import BASE_DEFAULTS
 from infra.deploys.cutover import RELEASE_DEFAULTS
@@ -37,7 +39,12 @@ _PLACEHOLDER = re.compile(
 # Numbers: key -> (lowest, highest or None). Each deploy's data_defaults says what they mean.
 _NUMBERS = {
     "db_port": (1, 65535),
-    "db_max_connections": (10, None),
+    "db_max_connections": (10, 262143),  # PostgreSQL's own limit: it would not start
+    "apt_cache_seconds": (0, None),
+    # 0 would let no one log in once sshd reloads (no session, no authentication attempt).
+    "ssh_max_auth_tries": (1, None),
+    "ssh_max_sessions": (2, None),  # a command and an upload (SFTP) each take one
+    "ssh_client_alive_interval": (0, None),  # 0: no keep-alive probes
     "app_max_batch_size": (1, None),
     "app_timeout_seconds": (1, None),
     "app_graceful_timeout_seconds": (1, None),
@@ -72,6 +79,11 @@ _WORDS = {
         "a zone, e.g. Etc/UTC",
     ),
     "journald_system_max_use": (re.compile(r"^[0-9]+[KMGTPE]?$"), "a journald size, e.g. 500M"),
+    # As /etc/locale.gen names them (en_US.utf8 is not there: the deploy would fail mid-run).
+    "locale": (
+        re.compile(r"^(C|[a-z]{2,3}_[A-Z]{2})\.UTF-8(@[a-z]+)?$"),
+        "a UTF-8 locale as /etc/locale.gen names it, e.g. C.UTF-8 or en_US.UTF-8",
+    ),
     "backup_dir": (ABSOLUTE_PATH, "an absolute path without a trailing /, e.g. /var/backups/x"),
     "journald_max_file_sec": (
         re.compile(r"^[0-9]+ ?(us|ms|s|sec|m|min|h|hr|d|day|w|week|M|month|y|year)?$"),
@@ -170,6 +182,15 @@ def check_word(key: str, value) -> None:
         _fail(f"{key} {value!r} is not {what}")
 
 
+def check_timezone(value: str) -> None:
+    """A zone of the tz database, as this machine has it (Python's zoneinfo): a misspelt one
+    would leave /etc/localtime dangling and the host quietly on UTC. Without a tz database
+    here the shape check above is all."""
+    zones = zoneinfo.available_timezones()
+    if zones and value not in zones:
+        _fail(f"timezone {value!r} is not a zone of the tz database, e.g. Etc/UTC, Europe/Berlin")
+
+
 def check_systemd_value(key: str, value) -> None:
     verb, what = _SYSTEMD_VALUES[key]
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
@@ -203,17 +224,21 @@ def check_networks(key: str, value) -> None:
             _fail(f"{key} entry {entry!r} needs its prefix length, e.g. {entry}/32")
 
 
-# The backup unit's sandbox hides these (ProtectHome=, PrivateTmp=) or has them read-only: a
-# dump written there would fail every night, or land where nobody looks.
-_HIDDEN_FROM_BACKUPS = (  # /var/run and /var/lock lead into /run (tmpfs: gone at reboot)
+# The units' sandboxes (the backup's, nginx's) hide these (ProtectHome=, PrivateTmp=) or have
+# them read-only: a dump written there would fail every night, or land where nobody looks.
+_HIDDEN_BY_SANDBOX = (  # /var/run and /var/lock lead into /run (tmpfs: gone at reboot)
     *("/home", "/root", "/run", "/var/run", "/var/lock", "/tmp", "/var/tmp"),  # noqa: S108
     *("/proc", "/sys", "/dev"),
 )
 
 
+def hidden_by_sandbox(path: str) -> str | None:
+    """The directory of _HIDDEN_BY_SANDBOX that `path` is in, if any."""
+    return next((p for p in _HIDDEN_BY_SANDBOX if f"{path}/".startswith(f"{p}/")), None)
+
+
 def check_backup_dir(value: str) -> None:
-    hidden = next((p for p in _HIDDEN_FROM_BACKUPS if f"{value}/".startswith(f"{p}/")), None)
-    if hidden:
+    if hidden := hidden_by_sandbox(value):
         _fail(
             f"backup_dir {value!r} is under {hidden}, which the backup unit's sandbox cannot "
             f"write (or a reboot empties); choose e.g. /var/backups/{layout.APP_NAME} or a "
@@ -228,21 +253,22 @@ _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 
 
-def check_db_host(value) -> None:
-    """db_host: where the service and migrations connect (a URL, a shell line, psycopg)."""
-    text = str(value) if isinstance(value, str) else ""
+def _address_or_name(text: str) -> bool:
+    """An IP address (no %scope) or a host name, without a port: what PostgreSQL's
+    listen_addresses and a connection's host take."""
     is_address = _is_ip_address(text) and "%" not in text
     # A last label of digits only is no name (10.0.0.256, 999): a mistyped IPv4 address.
     is_name = bool(_HOST_NAME.match(text)) and not text.rsplit(".", 1)[-1].isdigit()
-    if not is_address and not is_name:
+    return is_address or is_name
+
+
+def check_db_host(value) -> None:
+    """db_host: where the service and migrations connect (a URL, a shell line, psycopg)."""
+    if not _address_or_name(value if isinstance(value, str) else ""):
         _fail(
             f"db_host {value!r} must be a host name or an IP address, without a port "
             "(db_port) or brackets, e.g. db.internal or fd00::5"
         )
-
-
-# An address or host name (no quote, space or comma: the entries land in one quoted string).
-_LISTEN_ENTRY = re.compile(r"^(\*|[A-Za-z0-9][A-Za-z0-9.:%-]*)$")
 
 
 def _is_ip_address(text: str) -> bool:
@@ -255,10 +281,11 @@ def _is_ip_address(text: str) -> bool:
 
 def check_listen_addresses(value) -> None:
     entries = listen_addresses(value)
-    if not entries or not all(_LISTEN_ENTRY.match(e) or _is_ip_address(e) for e in entries):
+    # PostgreSQL refuses to start on an entry it cannot bind (a port, a mistyped address).
+    if not entries or not all(e == "*" or _address_or_name(e) for e in entries):
         _fail(
-            f"db_listen_addresses {value!r} must be addresses or host names, "
-            'e.g. "localhost" or ["localhost", "10.0.0.5"]'
+            f"db_listen_addresses {value!r} must be addresses or host names without a port "
+            '(db_port), e.g. "localhost" or ["localhost", "10.0.0.5"]'
         )
 
 
@@ -272,6 +299,8 @@ def check_extra_env(extra) -> None:
     for name, value in extra.items():
         if not isinstance(name, str) or not _ENV_NAME.match(name):
             _fail(f"app_extra_env name {name!r} is not a setting name (PLINTH_ is added)")
+        if name.upper() in ENV_FROM_DATA:
+            _fail(f"app_extra_env {name}: set {ENV_FROM_DATA[name.upper()]} instead")
         if not isinstance(value, str | int | float | bool) or "\n" in str(value):
             _fail(f"app_extra_env {name} {value!r} must be one line of text or a number")
         check_env_text(f"app_extra_env {name}", value)
@@ -301,6 +330,7 @@ def check_distribution() -> None:
 @deploy(
     "Validate inventory data",
     data_defaults={
+        **ACCESS_DEFAULTS,
         **BASE_DEFAULTS,
         **POSTGRES_DEFAULTS,
         **APP_DEFAULTS,
@@ -329,6 +359,7 @@ def validate() -> None:
     for key in _WORDS:
         check_word(key, data.get(key))
     check_backup_dir(data.backup_dir)
+    check_timezone(data.timezone)
     for key in _NETWORK_LISTS:
         check_networks(key, data.get(key))
     for key in _SYSTEMD_VALUES:

@@ -119,6 +119,23 @@ def _assert_refused(run, message: str) -> None:
         pytest.param("shell_idle_timeout_seconds=15m", "must be a whole number", id="idle-timeout"),
         pytest.param('app_extra_env=["DB_POOL_SIZE"]', "must be a mapping", id="env-not-mapping"),
         pytest.param('app_extra_env={"DB POOL": 1}', "is not a setting name", id="env-name"),
+        # sshd -t takes these and then lets no one in: the host would be locked out.
+        pytest.param("ssh_max_sessions=0", "at least 2", id="ssh-no-sessions"),
+        pytest.param("ssh_max_auth_tries=0", "at least 1", id="ssh-no-auth-tries"),
+        # PostgreSQL cannot bind these and would not start after the restart.
+        pytest.param("db_listen_addresses=0.0.0.0:5432", "without a port", id="listen-port"),
+        pytest.param('db_listen_addresses=["10.0.0.256"]', "without a port", id="listen-bad-ip"),
+        pytest.param("db_max_connections=300000", "10..262143", id="max-connections"),
+        pytest.param(  # fine on a fresh host, then a traceback on every later deploy
+            'apt_cache_seconds="3600"', "must be a whole number", id="apt-cache-string"
+        ),
+        pytest.param("locale=en_US.utf8", "as /etc/locale.gen names it", id="locale"),
+        pytest.param(  # /etc/localtime would dangle and the host stay on UTC, quietly
+            "timezone=Europe/Berln", "is not a zone of the tz database", id="timezone-typo"
+        ),
+        pytest.param(  # past app_workers' own range check
+            'app_extra_env={"workers": 64}', "set app_workers instead", id="env-overrides-key"
+        ),
     ],
 )
 def test_bad_data_is_refused_before_any_change(first_deploy, host, deploy, data, message):

@@ -386,6 +386,9 @@ def test_forced_renewal_new_serial_same_nginx_master_no_failed_request(target, h
         ),
         pytest.param("tls_cert_name=../etc", "must be a plain name", id="cert-name"),
         pytest.param("tls_acme_webroot=var/www", "must be an absolute path", id="webroot"),
+        pytest.param(  # nginx's sandbox (PrivateTmp=) hides it: every renewal would fail
+            "tls_acme_webroot=/tmp/acme", "which nginx's sandbox hides", id="webroot-in-tmp"
+        ),
         pytest.param("tls_acme_root=/etc/hostname", "is not a PEM certificate", id="root-not-pem"),
     ],
 )
@@ -395,6 +398,20 @@ def test_bad_tls_data_fails_before_any_change_with_one_line(first_deploy, data, 
     errors = [text for text in run.stderr.splitlines() if "pyinfra error" in text]
     assert len(errors) == 1 and line in errors[0], run.stderr[-2000:]
     assert "Starting operation" not in run.stderr  # nothing ran on the host
+
+
+def test_a_name_listed_twice_is_one_name_and_issues_nothing_again(target, host):
+    """certbot keeps one of a name given twice: the deploy must too, or the certificate
+    never matches the list and is re-issued on every deploy (Let's Encrypt's duplicate
+    certificate limit would then fail a deploy within a week)."""
+    twice = f"tls_domains={target['domain']},{target['domain'].upper()}."
+    cert = "/etc/letsencrypt/live/plinth/cert.pem"
+    issued = host.check_output(f"sha256sum {cert}")
+    for _ in range(2):
+        run = run_deploy("--data", twice)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert run.totals["success"] == 0, run.stderr[-2000:]
+    assert host.check_output(f"sha256sum {cert}") == issued
 
 
 def _served_names(target) -> list[str]:
