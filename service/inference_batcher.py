@@ -247,7 +247,16 @@ def _predict(model: LoadedModel, batch: list[_Request]) -> list[Inference]:
     ids, outputs and rows (input and output as JSON text, parsed by the database as jsonb)."""
     name, version = model.manifest.name, model.manifest.version
     inputs = [item for request in batch for item in request.items]
-    outputs = model.predictor.predict(inputs)
+    try:
+        outputs = model.predictor.predict(inputs)
+    except StopIteration as error:
+        # asyncio cannot set a StopIteration on the awaiting future: the await would never
+        # end, and the model would answer no request again.
+        raise RuntimeError(f"model {name!r} raised StopIteration") from error
+    except Exception:
+        raise
+    except BaseException as error:  # SystemExit, KeyboardInterrupt: the model's, not ours
+        raise RuntimeError(f"model {name!r} raised {type(error).__name__}") from error
     finished = time.perf_counter()
     output_schema = model.predictor.output_schema
     if len(outputs) != len(inputs) or not all(isinstance(o, output_schema) for o in outputs):

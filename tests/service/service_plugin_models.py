@@ -42,6 +42,19 @@ class BrokenPredictor(SleepyPredictor):
         raise RuntimeError("secret internal detail /etc/plinth/weights")
 
 
+class EscapingPredictor(SleepyPredictor):
+    """Echoes, but raises what an ordinary Exception handler lets through on some inputs: a
+    StopIteration (a stray next() on an empty iterator) on 13, a SystemExit on 14."""
+
+    def predict(self, batch: Sequence[BaseModel]) -> list[BaseModel]:
+        values = [item.value for item in batch]  # type: ignore[attr-defined]
+        if 13 in values:
+            next(iter(()))
+        if 14 in values:
+            raise SystemExit(3)
+        return [Echo(value=value) for value in values]
+
+
 class Text(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     text: str

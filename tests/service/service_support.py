@@ -41,8 +41,8 @@ def write_model(artifacts_dir: Path, name: str, predictor: str, weights: dict) -
 
 
 def artifacts_with_test_models(root: Path, *, sleepy_delay: float = 1.0) -> Path:
-    """A copy of the packaged artifacts plus the ``sleepy``, ``broken``, ``parrot``,
-    ``recorder``, ``picky``, ``faulty`` and ``camel`` test models."""
+    """A copy of the packaged artifacts plus the ``sleepy``, ``broken``, ``escaping``,
+    ``parrot``, ``recorder``, ``picky``, ``faulty`` and ``camel`` test models."""
     artifacts = root / "artifacts"
     shutil.copytree(PACKAGED_ARTIFACTS_DIR, artifacts)
     write_model(
@@ -52,6 +52,9 @@ def artifacts_with_test_models(root: Path, *, sleepy_delay: float = 1.0) -> Path
         {"delay_seconds": sleepy_delay},
     )
     write_model(artifacts, "broken", "service_plugin_models:BrokenPredictor", {"delay_seconds": 0})
+    write_model(
+        artifacts, "escaping", "service_plugin_models:EscapingPredictor", {"delay_seconds": 0}
+    )
     write_model(artifacts, "parrot", "service_plugin_models:ParrotPredictor", {})
     write_model(artifacts, "faulty", "service_plugin_models:FaultyOutputPredictor", {})
     write_model(artifacts, "camel", "service_plugin_models:CamelCasePredictor", {})

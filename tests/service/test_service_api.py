@@ -207,6 +207,20 @@ def test_model_crash_is_a_500_without_internals(client: TestClient) -> None:
     assert "RuntimeError" not in response.text
 
 
+@pytest.mark.parametrize("value", [13, 14], ids=["stop-iteration", "system-exit"])
+def test_a_model_raising_past_exception_handlers_fails_that_request_only(
+    settings: Settings, value: int
+) -> None:
+    """A StopIteration cannot be set on an asyncio future (the await never ended, and every
+    later request to the model timed out); a SystemExit would end the worker. Each is the
+    crashing request's 500, and the model goes on serving."""
+    escaping = settings.model_copy(update={"models": ["escaping"]})
+    with TestClient(create_app(escaping), raise_server_exceptions=False) as client:
+        assert_problem(predict(client, [{"value": value}], model="escaping"), 500)
+        after = predict(client, [{"value": 1}], model="escaping")
+        assert after.status_code == 200, after.text
+
+
 def test_unknown_route_and_wrong_method(client: TestClient) -> None:
     assert_problem(client.get("/no/such/route"), 404)
     body = assert_problem(client.delete("/healthz"), 405)
