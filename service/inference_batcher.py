@@ -29,6 +29,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from contextvars import Context
 
 from pydantic import BaseModel
 
@@ -96,7 +97,11 @@ class InferenceBatcher:
             # Lazily, on the loop that serves requests (tests run one app on several loops).
             self._pending.clear()
             self._wakeup = asyncio.Event()
-            self._task = loop.create_task(self._run(), name=f"plinth-batcher-{self._model.name}")
+            # A context of its own: the request that happens to start the task would otherwise
+            # lend its request id to every line the task ever logs (a batch serves many).
+            self._task = loop.create_task(
+                self._run(), name=f"plinth-batcher-{self._model.name}", context=Context()
+            )
         done: asyncio.Future[Inference] = loop.create_future()
         request = _Request(items, request_id, done)
         request.timer = loop.call_later(self._timeout, _expire, request)

@@ -20,6 +20,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextvars import Context
 from typing import Any
 
 import psycopg
@@ -90,7 +91,10 @@ class PredictionWriter:
         self._connection = None
         self._pending.clear()
         self._wakeup = asyncio.Event()
-        self._task = loop.create_task(self._run(), name="plinth-prediction-writer")
+        # A context of its own, not the first request's: see InferenceBatcher.submit.
+        self._task = loop.create_task(
+            self._run(), name="plinth-prediction-writer", context=Context()
+        )
 
     async def close(self) -> None:
         """At shutdown, after the server stopped taking requests; anything still waiting is

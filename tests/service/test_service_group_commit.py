@@ -4,6 +4,8 @@ its own batch's outcome, and nothing acknowledged is ever lost."""
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -18,6 +20,7 @@ from service_support import IRIS_INPUT
 
 from service.app import create_app
 from service.config import Settings
+from service.logs import JsonFormatter
 from service.prediction_writer import PredictionWriter
 
 
@@ -191,3 +194,40 @@ def test_a_request_the_database_refuses_fails_alone(
     assert bad.headers["content-type"] == "application/problem+json"
     assert bad.json()["type"] == "urn:plinth:problem:unstorable-input"
     assert sorted(stored_ids(db)) == sorted(acknowledged([first, *good]))
+
+
+def test_the_writers_lines_do_not_carry_the_request_id_of_the_request_that_started_it(
+    settings: Settings, db: psycopg.Connection
+) -> None:
+    """The batcher's and the writer's tasks run for the app's life; started inside the first
+    request, they took that request's context, so the writer's reconnect warning while it
+    stored a later request's rows named the first request. A batch serves many requests:
+    its lines name none."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter(journal=False))
+    writer_log = logging.getLogger("plinth.writer")
+    body = {"inputs": [IRIS_INPUT]}
+
+    async def scenario() -> None:
+        async with serving(create_app(settings)) as client:
+            headers = {"x-request-id": "first-request"}
+            first = await client.post("/v1/models/iris/predict", json=body, headers=headers)
+            assert first.status_code == 200
+            db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = 'plinth' AND datname = current_database()"
+            )
+            writer_log.addHandler(handler)  # after create_app, which sets logging up
+            headers = {"x-request-id": "second-request"}
+            second = await client.post("/v1/models/iris/predict", json=body, headers=headers)
+            assert second.status_code == 200
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        writer_log.removeHandler(handler)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    lost = [line for line in lines if "connection lost" in line["message"]]
+    assert lost, lines
+    assert lost[0].get("request_id") in (None, "-"), lost[0]
