@@ -96,6 +96,10 @@ def check_bindable(settings: Settings) -> None:
     except OSError as error:  # socket.gaierror included (a host name that does not resolve)
         reason = error.strerror or type(error).__name__
         raise ConfigError(VARIABLE, f"cannot be bound: {reason} ({settings.bind})") from None
+    except (UnicodeError, TypeError):  # the socket module's "encoding of hostname failed"
+        raise ConfigError(
+            VARIABLE, f"cannot be bound: its host name cannot be encoded ({settings.bind!r})"
+        ) from None
 
 
 def check_unchanged(running: Settings, new: Settings) -> None:

@@ -189,8 +189,21 @@ def _variable_for(error_location: tuple[int | str, ...]) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
 
+def _is_utf8(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read and validate the settings; raise ``ConfigError`` naming the first bad variable."""
+    for name, value in os.environ.items():
+        if name.startswith(ENV_PREFIX) and not _is_utf8(value):
+            # A byte that is not UTF-8 (Python keeps it as a lone surrogate) passed the checks
+            # and failed later, with a traceback, wherever the value was encoded.
+            raise ConfigError(name, "is not UTF-8 text")
     env_file = os.environ.get(ENV_FILE_VARIABLE)
     if env_file and not Path(env_file).is_file():
         raise ConfigError(ENV_FILE_VARIABLE, f"names a file that does not exist: {env_file}")

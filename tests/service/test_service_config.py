@@ -190,7 +190,17 @@ def port_in_use() -> Iterator[int]:
         yield taken.getsockname()[1]
 
 
-@pytest.mark.parametrize("case", ["port-in-use", "regular-file", "missing-directory", "closed-fd"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "port-in-use",
+        "unencodable-name",
+        "byte-in-name",
+        "regular-file",
+        "missing-directory",
+        "closed-fd",
+    ],
+)
 def test_serve_on_a_bind_it_cannot_take_is_one_line(
     case: str, port_in_use: int, tmp_path: Path
 ) -> None:
@@ -200,6 +210,9 @@ def test_serve_on_a_bind_it_cannot_take_is_one_line(
     regular_file.write_text("not a socket")
     bind, reason = {
         "port-in-use": (f"127.0.0.1:{port_in_use}", "cannot be bound: Address already in use"),
+        # IDNA refuses an empty label: "encoding of hostname failed", a traceback.
+        "unencodable-name": ("\u00fc..x:8799", "its host name cannot be encoded"),
+        "byte-in-name": ("loc\udcffalhost:8799", "is not UTF-8 text"),  # the byte 0xff
         "regular-file": (f"unix:{regular_file}", "which is not a socket"),
         "missing-directory": (f"unix:{tmp_path}/missing/p.sock", "directory that does not exist"),
         "closed-fd": ("fd://987", "names a descriptor that is not an open socket"),
@@ -235,6 +248,22 @@ def test_malformed_database_url_is_one_line_without_the_password(
         "in the password"
     ]
     assert "w0rd" not in result.stdout + result.stderr
+
+
+# "\udcff" is how Python holds the byte 0xff from the environment (surrogateescape); the
+# child gets the byte itself, as from an Environment= line written in Latin-1.
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://plinth:p\udcffw@127.0.0.1:5432/plinth",  # passed, then a traceback
+        "postgresql+psycopg://plinth:pw@127.0.0.1:5432/plinth?ssl\udcffmode=require",
+    ],
+    ids=["byte-in-password", "byte-in-parameter"],
+)
+def test_a_value_that_is_not_utf8_is_one_line(url: str) -> None:
+    result = run(["plinth", "check-config"], PLINTH_DATABASE_URL=url)
+    assert result.returncode == 78, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [PREFIX + "PLINTH_DATABASE_URL is not UTF-8 text"]
 
 
 def make_unreadable(path: Path) -> None:
