@@ -4,12 +4,14 @@ refusal nginx makes has the service's problem+json shape."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from infra.deploys import layout
 from tests.infra.https_client import (
     IRIS,
     PREDICT_PATH,
@@ -38,6 +40,69 @@ def test_body_over_the_limit_gets_413_from_nginx(host, rehearsal):
     status, headers, body = request(rehearsal, "POST", PREDICT_PATH, b"x" * (BODY_LIMIT + 1))
     assert status == 413
     _is_problem(headers, body, 413)
+
+
+def _raw_request(rehearsal, data: bytes) -> tuple[int, dict, object]:
+    """`data` sent as it is over TLS; the answer read until nginx closes the connection."""
+    sock = raw_tls_socket(rehearsal, timeout=10)
+    sock.sendall(data)
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode().split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+    return int(status_line.split()[1]), headers, json.loads(body)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # No request line nginx can read, so no URI: a named error page answered 500.
+        b"FOO\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: plinth.rehearsal.test\r\nno colon here\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\n\r\n",  # HTTP/1.1 without Host
+        b"POST /healthz HTTP/1.1\r\nHost: plinth.rehearsal.test\r\nContent-Length: abc\r\n\r\n",
+    ],
+    ids=["no-request-line", "header-without-colon", "no-host", "bad-content-length"],
+)
+def test_a_request_nginx_cannot_parse_gets_400_in_the_problem_shape(host, rehearsal, data):
+    status, headers, body = _raw_request(rehearsal, data)
+    assert status == 400
+    _is_problem(headers, body, 400)
+
+
+def test_nginx_s_own_error_page_location_is_a_404_in_the_problem_shape(host, rehearsal):
+    status, headers, body = request(rehearsal, "GET", f"/_{layout.APP_NAME}/400")
+    assert status == 404
+    _is_problem(headers, body, 404)
+
+
+def test_the_service_not_answering_is_502_or_504_in_the_problem_shape(host, rehearsal, deploy):
+    """Stopped: nginx cannot connect (502). Frozen (SIGSTOP) past proxy_read_timeout, 2 s
+    here: nginx gives up waiting (504)."""
+    units = f"{layout.SOCKET_UNIT} {layout.SERVICE_UNIT}"
+    host.check_output(f"systemctl stop {units}")
+    try:
+        status, headers, body = request(rehearsal, "GET", "/readyz")
+        assert status == 502
+        _is_problem(headers, body, 502)
+    finally:
+        host.check_output(f"systemctl start {units}")
+    short = deploy("--data", "nginx_proxy_read_timeout=2")
+    assert short.returncode == 0, short.stderr[-2000:]
+    # Every process of the service's user (after a cutover the master is one systemd did
+    # not fork, which `systemctl kill` refuses to signal).
+    host.check_output(f"pkill -STOP -u {layout.SERVICE_USER}")
+    try:
+        status, headers, body = request(rehearsal, "GET", "/healthz", timeout=20)
+    finally:
+        host.check_output(f"pkill -CONT -u {layout.SERVICE_USER}")
+        back = deploy()
+    assert status == 504
+    _is_problem(headers, body, 504)
+    assert back.returncode == 0, back.stderr[-2000:]
+    assert request(rehearsal, "GET", "/readyz")[0] == 200
 
 
 def test_prediction_flood_gets_429_in_the_problem_shape(host, rehearsal):
