@@ -17,6 +17,7 @@ last one was dropped), a batch connects once and fails with the server's error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -72,6 +73,7 @@ class PredictionWriter:
         self._pending: deque[_Request] = deque()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._discarding: set[asyncio.Future[None]] = set()  # attempts left unanswered
 
     def submit(self, rows: Sequence[Row]) -> asyncio.Future[None]:
         """A future done once ``rows`` are committed, or raising the database's error.
@@ -103,6 +105,9 @@ class PredictionWriter:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         self._task = None
+        for discard in list(self._discarding):  # no wait at shutdown for a stalled server
+            discard.cancel()
+        await asyncio.gather(*self._discarding, return_exceptions=True)
         _fail(list(self._pending), psycopg.OperationalError("the service is shutting down"))
         self._pending.clear()
         if self._connection is not None:
@@ -125,6 +130,11 @@ class PredictionWriter:
     async def _write_batch(self, batch: list[_Request], rows: list[Row]) -> None:
         try:
             await self._insert(rows)
+        except NoAnswer as error:
+            # The server stalls: every batch queued behind would spend a full attempt of its
+            # own, so the last request would wait for all of them. They all fail now.
+            _fail([*batch, *self._pending], error)
+            self._pending.clear()
         except (psycopg.OperationalError, *WRITES_REFUSED) as error:
             # The server is away, too slow or refuses writes: nobody in the batch is
             # acknowledged.
@@ -182,17 +192,46 @@ class PredictionWriter:
             self._on_connection_use(-1)
 
     async def _attempt(self, columns: list[list[Any]]) -> None:
+        connection = self._connection
+        if connection is not None and connection.closed:
+            connection = None
+
+        async def connect_and_insert() -> None:
+            nonlocal connection
+            if connection is None:
+                connection = await self._connect()
+            await connection.execute(_INSERT, columns)
+
+        work = asyncio.ensure_future(connect_and_insert())
         try:
-            async with asyncio.timeout(self._timeout):
-                if self._connection is None or self._connection.closed:
-                    self._connection = await self._connect()
-                await self._connection.execute(_INSERT, columns)
-        except TimeoutError:
-            # Unanswered (server hung or unreachable): this connection's state is unknown.
-            connection, self._connection = self._connection, None
-            if connection is not None:
-                await connection.close()
-            raise NoAnswer("the database did not answer in time") from None
+            # Waited for, not cancelled at the limit (asyncio.timeout would): a cancelled
+            # execute() makes psycopg ask the server to cancel and wait for the query again,
+            # up to 5 s each, all inside the request's time.
+            done, _ = await asyncio.wait({work}, timeout=self._timeout)
+        except asyncio.CancelledError:  # the writer is closing
+            work.cancel()
+            raise
+        if work in done:
+            self._connection = connection
+            work.result()  # its error, if any
+            return
+        # Unanswered (server hung or unreachable): the connection's state is unknown. It is
+        # cancelled and closed in the background, on its own time, not the requests'.
+        self._connection = None
+        discard = asyncio.ensure_future(_discard(work, lambda: connection))
+        self._discarding.add(discard)
+        discard.add_done_callback(self._discarding.discard)
+        raise NoAnswer("the database did not answer in time")
+
+
+async def _discard(work: asyncio.Future[None], connection: Callable[[], Any]) -> None:
+    """An attempt left unanswered: cancelled (psycopg then asks the server to cancel its
+    query), and its connection closed, whatever that takes."""
+    work.cancel()
+    await asyncio.gather(work, return_exceptions=True)
+    if (unanswered := connection()) is not None:
+        with contextlib.suppress(Exception):  # given up on: nothing left to tell anyone
+            await unanswered.close()
 
 
 class NoAnswer(psycopg.OperationalError):

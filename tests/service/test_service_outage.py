@@ -3,6 +3,7 @@ that turned read-only (a fail-over to a standby) is not ready and predictions an
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import signal
@@ -18,6 +19,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from service_support import IRIS_INPUT, pool_in_use
 from sqlalchemy import make_url
+from test_service_group_commit import serving
 from throwaway_pg import ThrowawayPostgres
 
 from service.app import create_app
@@ -181,3 +183,62 @@ def test_a_stalled_database_is_not_ready_and_predictions_answer_503(
             assert time.monotonic() < deadline, "not ready once the server answers again"
             time.sleep(0.2)
         assert client.post("/v1/models/iris/predict", json=predict).status_code == 200
+
+
+def _stalling(own_server: ThrowawayPostgres, settings: Settings, **update) -> Settings:
+    """Settings on `own_server` with one write attempt bounded at 1 s + 1 s (statement
+    timeout + pool timeout, as app.py gives the writer)."""
+    update = {"db_statement_timeout_ms": 1000, "db_pool_timeout_seconds": 1, **update}
+    return settings.model_copy(update={"database_url": SecretStr(own_server.url()), **update})
+
+
+def test_a_stall_in_the_middle_of_an_insert_answers_within_the_writers_limit(
+    own_server: ThrowawayPostgres, settings: Settings
+) -> None:
+    """The writer already holds its connection when the server freezes, so the INSERT
+    itself hangs. Cancelling psycopg's execute() at the limit made psycopg ask the server to
+    cancel and wait for the query again, 5 s each, inside the request's time: 12 s for a
+    2 s limit. The answer now comes at the limit; the attempt is given up in the background."""
+    predict = {"inputs": [IRIS_INPUT]}
+    app = create_app(_stalling(own_server, settings))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.post("/v1/models/iris/predict", json=predict).status_code == 200
+        _signal_server(own_server, signal.SIGSTOP)
+        try:
+            down = _answer_within(lambda: client.post("/v1/models/iris/predict", json=predict), 5)
+        finally:
+            _signal_server(own_server, signal.SIGCONT)
+        assert down.status_code == 503, down.text
+        deadline = time.monotonic() + 30
+        while client.post("/v1/models/iris/predict", json=predict).status_code != 200:
+            assert time.monotonic() < deadline, "predictions not stored once the server answers"
+            time.sleep(0.2)
+
+
+def test_requests_queued_behind_a_stalled_database_fail_with_the_first_batch(
+    own_server: ThrowawayPostgres, settings: Settings
+) -> None:
+    """64 concurrent requests of 64 inputs are 8 writer batches (MAX_BATCH_ROWS 512). Each
+    used to spend a full attempt against the frozen server in turn, so the last request
+    waited for all 8 (13.5 s for a 1.5 s limit); now every request in the queue fails when
+    the first attempt does."""
+    private = _stalling(
+        own_server,
+        settings,
+        db_statement_timeout_ms=500,
+        max_batch_size=64,
+        predict_timeout_seconds=30,
+    )
+    body = {"inputs": [IRIS_INPUT] * 64}
+
+    async def scenario() -> list[int]:
+        async with serving(create_app(private)) as client:
+            _signal_server(own_server, signal.SIGSTOP)
+            try:
+                posts = (client.post("/v1/models/iris/predict", json=body) for _ in range(64))
+                answers = await asyncio.wait_for(asyncio.gather(*posts), timeout=5)
+            finally:
+                _signal_server(own_server, signal.SIGCONT)
+            return [answer.status_code for answer in answers]
+
+    assert set(asyncio.run(scenario())) == {503}
