@@ -6,7 +6,7 @@ RELEASE ?= bookworm
 
 .PHONY: help rehearse rehearse-down deploy-rehearsal release-rehearsal rollback restore ssh logs \
         deploy-production release-production rollback-production \
-        deploy-production-dry dev lint format test test-service test-infra test-infra-bookworm \
+        deploy-production-dry data-keys dev lint format test test-service test-infra test-infra-bookworm \
         test-infra-trixie test-infra-split test-rehearsal-tool bench
 
 help:  ## list the targets
@@ -52,6 +52,9 @@ rollback-production:  ## production back to the previous release (or PLINTH_ROLL
 
 deploy-production-dry:  ## show what a production deploy would change, change nothing
 	$(RUN) pyinfra --dry infra/inventories/production.py infra/deploys/site.py
+
+data-keys:  ## every inventory data key: its deploy, default and meaning
+	$(RUN) python -m infra.deploys.data_keys
 
 dev:  ## throwaway PostgreSQL + the service with auto-reload on 127.0.0.1:8000
 	$(RUN) python tests/service/throwaway_pg.py dev

@@ -6,30 +6,40 @@ from __future__ import annotations
 
 import difflib
 
-from infra.deploys.access import ACCESS_DEFAULTS
-from infra.deploys.app import APP_DEFAULTS
-from infra.deploys.backups import BACKUP_DEFAULTS
-from infra.deploys.base import BASE_DEFAULTS
-from infra.deploys.cutover import RELEASE_DEFAULTS
-from infra.deploys.firewall import FIREWALL_DEFAULTS
-from infra.deploys.logcaps import LOGCAPS_DEFAULTS
-from infra.deploys.nginx import NGINX_DEFAULTS
-from infra.deploys.os_hardening import HARDENING_DEFAULTS
-from infra.deploys.postgres import POSTGRES_DEFAULTS
-from infra.deploys.tls import TLS_DEFAULTS
+from infra.deploys import (
+    access,
+    app,
+    backups,
+    base,
+    cutover,
+    firewall,
+    logcaps,
+    nginx,
+    os_hardening,
+    postgres,
+    tls,
+)
 
-KNOWN_KEYS = frozenset().union(
-    ACCESS_DEFAULTS,
-    APP_DEFAULTS,
-    BACKUP_DEFAULTS,
-    BASE_DEFAULTS,
-    RELEASE_DEFAULTS,
-    FIREWALL_DEFAULTS,
-    LOGCAPS_DEFAULTS,
-    NGINX_DEFAULTS,
-    HARDENING_DEFAULTS,
-    POSTGRES_DEFAULTS,
-    TLS_DEFAULTS,
+# The deploy modules with data: each holds its keys in `<NAME>_DEFAULTS` dicts.
+DEPLOYS = (
+    access,
+    app,
+    backups,
+    base,
+    cutover,
+    firewall,
+    logcaps,
+    nginx,
+    os_hardening,
+    postgres,
+    tls,
+)
+KNOWN_KEYS = frozenset(
+    key
+    for module in DEPLOYS
+    for name, value in vars(module).items()
+    if name.endswith("_DEFAULTS") and isinstance(value, dict)
+    for key in value
 )
 # pyinfra's own: operation arguments (`_sudo`, `_temp_dir`) and its SSH connector's keys.
 PYINFRA_PREFIXES = ("_", "ssh_")
@@ -44,3 +54,41 @@ def unknown_keys(data: dict) -> list[str]:
         close = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
         unknown.append(f"{key} (did you mean {close[0]}?)" if close else key)
     return unknown
+
+
+def documented_keys() -> list[tuple[str, str, str, str]]:
+    """(key, module, default, comment) of every key, read from the deploy modules' source:
+    the comment is the `#` lines right above the key in its data_defaults literal."""
+    import ast
+    import inspect
+
+    rows = []
+    for module in DEPLOYS:
+        name = module.__name__.rsplit(".", 1)[-1]
+        source = inspect.getsource(module)
+        lines = source.splitlines()
+        for node in ast.walk(ast.parse(source)):
+            if not isinstance(node, ast.Assign) or not isinstance(node.value, ast.Dict):
+                continue
+            targets = [t.id for t in node.targets if isinstance(t, ast.Name)]
+            if not targets or not targets[0].endswith("_DEFAULTS"):
+                continue
+            values, shared = getattr(module, targets[0]), ""
+            for key_node in node.value.keys:
+                if not isinstance(key_node, ast.Constant):  # a `**OTHER_DEFAULTS` spread
+                    continue
+                comment, above = [], key_node.lineno - 2
+                while above >= 0 and lines[above].strip().startswith("#"):
+                    comment.insert(0, lines[above].strip().lstrip("#").strip())
+                    above -= 1
+                # A key right under another, with no comment of its own, shares that one's.
+                text = " ".join(comment) or (shared if lines[above].strip() else "")
+                shared = text
+                key = key_node.value
+                rows.append((key, f"{name}.py", repr(values[key]), text))
+    return rows
+
+
+if __name__ == "__main__":  # `make data-keys`: every key, its deploy, default and meaning
+    for key, module, default, comment in documented_keys():
+        print(f"{key}  ({module}, default {default})\n    {comment or '(undocumented)'}")

@@ -30,7 +30,8 @@ DB_CONNECTION_DEFAULTS = {
     # A login role with its own host-generated password rather than peer authentication:
     # migrations run on the app host, which need not be the database host.
     "db_owner": "plinth_owner",
-    # Where the service reaches PostgreSQL: the db host's address as seen from the app host.
+    # Where the service reaches PostgreSQL: the db host's address as seen from the app host,
+    # and its port.
     "db_host": "127.0.0.1",
     "db_port": 5432,
 }

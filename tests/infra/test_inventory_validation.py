@@ -12,6 +12,7 @@ import pytest
 
 from infra.deploys import layout
 from infra.deploys.app import env_value
+from infra.deploys.data_keys import KNOWN_KEYS, documented_keys
 from infra.deploys.templating import render
 from tests.infra.https_client import request
 
@@ -212,3 +213,12 @@ def test_env_file_values_reach_the_service_as_written(tmp_path, value):
     env_file = tmp_path / "plinth.env"
     env_file.write_text(render("app/plinth.env.j2", env={"X": env_value(value)}))
     assert dotenv_values(env_file)["PLINTH_X"] == value
+
+
+def test_every_data_key_has_its_default_and_a_comment_in_one_place():
+    """`make data-keys` reads them from the deploys' data_defaults: each key once, each with
+    the comment that says what it is for."""
+    rows = documented_keys()
+    keys = [key for key, *_ in rows]
+    assert sorted(keys) == sorted(KNOWN_KEYS)  # each once, none missing
+    assert [key for key, _, _, comment in rows if not comment] == []
