@@ -16,9 +16,10 @@ from infra.deploys.templating import template
 
 # apt-daily refreshes the package lists, apt-daily-upgrade installs the updates.
 APT_TIMERS = ("apt-daily.timer", "apt-daily-upgrade.timer")
-# `apt-get -s upgrade` prints "Inst NAME [OLD] (NEW ORIGIN [ARCH])" per package it would
-# upgrade; ORIGIN names the suite, e.g. Debian-Security:13/stable-security.
-_SIMULATED_INSTALL = re.compile(r"^Inst (\S+) .*\((\S+) (\S+)")
+# `apt-get -s upgrade` prints "Inst NAME [OLD] (NEW ORIGINS [ARCH])" per package it would
+# upgrade; ORIGINS names every suite that has NEW, comma-separated, e.g.
+# "Debian:12.9/oldstable, Debian-Security:12/oldstable-security" (a fix a point release took in).
+_SIMULATED_INSTALL = re.compile(r"^Inst (\S+) .*\((\S+) ([^\[]*)\[")
 
 
 class SecurityUpgrades(FactBase):
@@ -39,7 +40,7 @@ class SecurityUpgrades(FactBase):
         names = set()
         for line in output:
             match = _SIMULATED_INSTALL.match(line)
-            if match and "security" in match.group(3).lower():
+            if match and "security" in match.group(3).lower():  # any of its suites
                 names.add(match.group(1))
         return sorted(names)
 

@@ -141,8 +141,11 @@ def test_security_upgrades_are_read_from_apt_s_simulation():
         "Inst passwd [1:4.17.4-2] (1:4.17.4-2+deb13u1 Debian-Security:13/stable-security [amd64])",
         "Inst tzdata [2025a-1] (2025b-0+deb13u1 Debian:13.2/stable [all])",
         "Conf login.defs (1:4.17.4-2+deb13u1 Debian-Security:13/stable-security [all])",
+        # A fix a point release took in names the stable suite first.
+        "Inst libgcrypt20 [1.10.1-3] (1.10.1-3+deb12u1 Debian:12.15/oldstable, "
+        "Debian-Security:12/oldstable-security [amd64])",
     ]
-    assert SecurityUpgrades().process(simulated) == ["passwd"]
+    assert SecurityUpgrades().process(simulated) == ["libgcrypt20", "passwd"]
 
 
 def test_a_setting_sshd_rejects_is_never_installed(first_deploy, rehearsal, host, deploy):
