@@ -14,7 +14,13 @@ from pyinfra.operations import apt, files, systemd
 from pyinfra.operations.util import any_changed
 
 from infra.deploys import layout
-from infra.deploys.cutover import RELEASE_DEFAULTS, release_cutover, release_tool, settings_cutover
+from infra.deploys.cutover import (
+    RELEASE_DEFAULTS,
+    first_start_check,
+    release_cutover,
+    release_tool,
+    settings_cutover,
+)
 from infra.deploys.hostops import (
     HostPython,
     PathsFresh,
@@ -188,6 +194,8 @@ def app() -> None:
         restarted=True,
         _if=units_changed,
     )
+    # A first start (nothing ran to cut over from) is judged by the same health check.
+    first_start_check(name="Health check of the first start", release_dir=release_dir)
     if not switching:  # a cutover re-executes Gunicorn, which reads the new settings then
         settings_cutover(name="New settings: re-exec, health check", _if=new_settings)
     # Reached only when the settings serve (healthy cutover, or started with them).

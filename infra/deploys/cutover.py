@@ -13,7 +13,7 @@ from functools import cache
 from jinja2 import Template
 from pyinfra import host, logger
 from pyinfra.api import DeployError, FactBase, operation
-from pyinfra.facts.files import Link
+from pyinfra.facts.files import File, Link
 
 from infra.deploys import layout
 from infra.deploys.templating import TEMPLATES_DIR, template
@@ -108,11 +108,29 @@ def release_cutover(release_dir: str, settings_changed: bool = False):
     previous settings back with the previous release (the old release may not serve with the
     new ones)."""
     current = host.get_fact(Link, path=layout.CURRENT_LINK)
-    if current and current.get("link_target") == release_dir:
+    # Done only once it went live: a run stopped between the switch and the verdict left
+    # `current` switched but never judged, so this one judges it (and can still go back).
+    if current and current.get("link_target") == release_dir and is_live(release_dir):
         host.noop(f"{layout.CURRENT_LINK} -> {release_dir}")
         return
     with_settings = " --with-settings" if settings_changed else ""
     yield f"{RELEASE_TOOL} cutover {shlex.quote(release_dir)}{with_settings}"
+
+
+def is_live(release_dir: str) -> bool:
+    """Whether the release went live: a health check passed with it (its LIVE_MARKER)."""
+    return bool(host.get_fact(File, path=f"{release_dir}/{layout.LIVE_MARKER}"))
+
+
+@operation()
+def first_start_check(release_dir: str):
+    """After the app deploy started the service for the first time (nothing was running to
+    cut over from): the same health check, so a release that never serves fails the deploy
+    instead of being taken for live."""
+    if is_live(release_dir):  # judged already (by a cutover)
+        host.noop(f"{release_dir} is live")
+        return
+    yield f"{RELEASE_TOOL} check"  # says so and changes nothing if a cutover judged it since
 
 
 @operation(is_idempotent=False)

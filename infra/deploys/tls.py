@@ -21,6 +21,7 @@ from pyinfra.api import FactBase, deploy, operation
 from pyinfra.operations import apt, files, systemd
 
 from infra.deploys import layout
+from infra.deploys.firewall import FIREWALL_DEFAULTS
 from infra.deploys.nginx import validate_and_reload
 from infra.deploys.templating import TEMPLATES_DIR, template
 from infra.deploys.validate import ABSOLUTE_PATH, InventoryDataError, hidden_by_sandbox
@@ -216,6 +217,13 @@ def tls_settings(data) -> dict:
                 f"{SELF_SIGNED_RENEW_DAYS} (the certificate is replaced that long before expiry)"
             )
         return settings
+    ports = data.get("firewall_tcp_ports", FIREWALL_DEFAULTS["firewall_tcp_ports"])
+    if isinstance(ports, list | tuple) and layout.HTTP_PORT not in ports:
+        # The certificate in hand keeps the deploy green; every renewal would fail behind it.
+        _fail(
+            f"tls_mode acme renews over HTTP on port {layout.HTTP_PORT}: firewall_tcp_ports "
+            f"{list(ports)!r} must include it"
+        )
     email = data.get("tls_acme_email")
     if not email or not _EMAIL.match(str(email)):
         _fail(f"tls_mode acme needs a contact e-mail in tls_acme_email (got {email!r})")

@@ -61,6 +61,8 @@ _NUMBERS = {
     "nginx_log_rotate": (1, None),
     "backup_retention_days": (1, None),
     "shell_idle_timeout_seconds": (0, None),  # 0: no idle timeout
+    "password_max_days": (1, 99999),
+    "password_min_days": (0, 99999),
     "release_health_timeout": (1, 3600),
     "release_start_timeout": (1, 3600),
     "release_lock_wait": (0, 86400),
@@ -79,6 +81,9 @@ _WORDS = {
         "a zone, e.g. Etc/UTC",
     ),
     "journald_system_max_use": (re.compile(r"^[0-9]+[KMGTPE]?$"), "a journald size, e.g. 500M"),
+    # A string of octal digits: a number (27) would land in login.defs as another mask.
+    "login_umask": (re.compile(r"^0?[0-7]{3}$"), 'an octal umask in quotes, e.g. "022"'),
+    "deploy_user": (re.compile(r"^[a-z_][a-z0-9_-]{0,30}$"), "a plain user name, e.g. deploy"),
     # As /etc/locale.gen names them (en_US.utf8 is not there: the deploy would fail mid-run).
     "locale": (
         re.compile(r"^(C|[a-z]{2,3}_[A-Z]{2})\.UTF-8(@[a-z]+)?$"),
@@ -89,6 +94,12 @@ _WORDS = {
         re.compile(r"^[0-9]+ ?(us|ms|s|sec|m|min|h|hr|d|day|w|week|M|month|y|year)?$"),
         "a journald time span, e.g. 1month",
     ),
+}
+# Lists of names: key -> (pattern of one entry, what it is). A string would be read one
+# character at a time: "usb-storage" blocked the modules u, s, b...
+_NAME_LISTS = {
+    "hardening_packages": (re.compile(r"^[a-z0-9][a-z0-9+.-]+$"), 'packages, e.g. ["lynis"]'),
+    "blocked_kernel_modules": (re.compile(r"^[A-Za-z0-9_-]+$"), 'kernel modules, e.g. ["dccp"]'),
 }
 # Address lists: key -> whether each entry must carry its prefix length (pg_hba.conf's does).
 _NETWORK_LISTS = {
@@ -189,6 +200,14 @@ def check_timezone(value: str) -> None:
     zones = zoneinfo.available_timezones()
     if zones and value not in zones:
         _fail(f"timezone {value!r} is not a zone of the tz database, e.g. Etc/UTC, Europe/Berlin")
+
+
+def check_name_list(key: str, value) -> None:
+    pattern, what = _NAME_LISTS[key]
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(entry, str) and pattern.match(entry) for entry in value
+    ):
+        _fail(f"{key} {value!r} must be a list of {what}")
 
 
 def check_systemd_value(key: str, value) -> None:
@@ -356,8 +375,15 @@ def validate() -> None:
     check_db_roles(data.db_user, data.db_owner)
     for key in _NUMBERS:
         check_number(key, data.get(key))
+    if data.password_min_days > data.password_max_days:  # both whole numbers by now
+        _fail(
+            f"password_min_days {data.password_min_days!r} is above password_max_days "
+            f"{data.password_max_days!r}"
+        )
     for key in _WORDS:
         check_word(key, data.get(key))
+    for key in _NAME_LISTS:
+        check_name_list(key, data.get(key))
     check_backup_dir(data.backup_dir)
     check_timezone(data.timezone)
     for key in _NETWORK_LISTS:

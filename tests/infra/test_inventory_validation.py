@@ -134,6 +134,13 @@ def _assert_refused(run, message: str) -> None:
         pytest.param(  # /etc/localtime would dangle and the host stay on UTC, quietly
             "timezone=Europe/Berln", "is not a zone of the tz database", id="timezone-typo"
         ),
+        pytest.param(  # read one character at a time: modules "u", "s", "b"... blocked
+            "blocked_kernel_modules=usb-storage", "must be a list of kernel modules", id="modules"
+        ),
+        pytest.param('hardening_packages=["lynis", "bad name"]', "list of packages", id="pkgs"),
+        pytest.param("login_umask=27", "an octal umask in quotes", id="umask-number"),
+        pytest.param("password_min_days=400", "is above password_max_days", id="password-ages"),
+        pytest.param("deploy_user=Deploy User", "a plain user name", id="deploy-user"),
         pytest.param(  # past app_workers' own range check
             'app_extra_env={"workers": 64}', "set app_workers instead", id="env-overrides-key"
         ),

@@ -222,6 +222,34 @@ def test_a_release_that_fails_readiness_is_rolled_back(first_deploy, rehearsal):
     assert https_status(rehearsal, "/readyz") == 200
 
 
+def test_a_cutover_a_stopped_run_left_unjudged_is_judged_by_the_next_deploy(
+    first_deploy, rehearsal
+):
+    """A run stopped (killed, its connection lost, the host rebooted) between switching
+    `current` and the health check's verdict: `current` names a release that never went
+    live while the old one still serves. The next deploy of that release judges it as a
+    cutover does; here it fails readiness, so the release that last went live serves again
+    and the deploy fails. (`current` already named it, so deploys passed over it, green, and
+    the next restart would have served the broken release.)"""
+    deployed("test-one")
+    before = current_release(rehearsal)
+    failed = deploy_revision("test-unjudged", PLINTH_RELEASE_FAULT="readyz")
+    assert failed.returncode != 0, failed.stderr[-2000:]
+    broken = ssh(rehearsal, f"ls -1td {layout.RELEASES_DIR}/*test-unju* | head -n 1")
+    assert broken and current_release(rehearsal) == before
+    link = layout.CURRENT_LINK  # the stopped run: switched, nothing after
+    ssh(rehearsal, f"ln -sfn {broken} {link}.new && mv -T {link}.new {link}")
+    with Traffic(rehearsal) as traffic:
+        run = deploy_revision("test-unjudged", PLINTH_RELEASE_FAULT="readyz")
+    assert run.returncode != 0, run.stderr[-3000:]
+    (message,) = [line for line in run.stderr.splitlines() if "plinth-release: error:" in line]
+    assert "readyz: HTTP 503" in message, message
+    assert f"rolled back to {before.rsplit('/', 1)[-1]}, which serves again" in message, message
+    assert traffic.failures == [], traffic.failures[:5]
+    assert current_release(rehearsal) == before
+    assert https_status(rehearsal, "/readyz") == 200
+
+
 def _served_revision_any_certificate(rehearsal) -> str:
     """/version's revision through nginx over HTTPS, asked on the host, trusting any
     certificate (a self-signed one included)."""

@@ -92,7 +92,7 @@ def hosts():
 def deployed(hosts) -> DeployRun:
     """The order group_data/db.py gives: the database host, its passwords copied to the
     service host (root to root through a pipe: never on a command line, never on this
-    machine's disk), then both hosts."""
+    machine's disk), then both hosts (here a broken first release before the good one)."""
     first = deploy("--limit", "rehearsal-db")
     assert first.returncode == 0, first.stderr[-3000:]
     for path in PASSWORDS:
@@ -104,6 +104,13 @@ def deployed(hosts) -> DeployRun:
         )
         read.stdout.close()
         assert read.wait() == 0 and write.returncode == 0, write.stderr
+    # A first release that never gets ready: nothing runs to cut over from, so the first
+    # start is health-checked by itself, and fails the deploy.
+    broken = deploy(PLINTH_RELEASE_FAULT="readyz", PLINTH_RELEASE_REVISION="split-broken")
+    assert broken.returncode != 0, broken.stderr[-3000:]
+    assert "first start of" in broken.stderr and "readyz: HTTP 503" in broken.stderr, broken.stderr[
+        -3000:
+    ]
     both = deploy()
     assert both.returncode == 0, both.stderr[-3000:]
     return both

@@ -386,6 +386,9 @@ def test_forced_renewal_new_serial_same_nginx_master_no_failed_request(target, h
         ),
         pytest.param("tls_cert_name=../etc", "must be a plain name", id="cert-name"),
         pytest.param("tls_acme_webroot=var/www", "must be an absolute path", id="webroot"),
+        pytest.param(  # the deploy stays green; every renewal (HTTP-01) would fail behind it
+            "firewall_tcp_ports=[443]", "renews over HTTP on port 80", id="acme-without-port-80"
+        ),
         pytest.param(  # nginx's sandbox (PrivateTmp=) hides it: every renewal would fail
             "tls_acme_webroot=/tmp/acme", "which nginx's sandbox hides", id="webroot-in-tmp"
         ),
