@@ -20,6 +20,10 @@ from infra.deploys.templating import TEMPLATES_DIR, template
 
 RELEASE_TOOL = "/usr/local/sbin/plinth-release"
 DEPLOY_LOCK = "/run/lock/plinth-deploy"
+# Held shared by each step of a deploy that runs on the host (cutover, check, migration): a
+# killed deploy's connection ends at once, but sshd does not stop those steps, so the deploy
+# lock is let go only once they have ended.
+WORK_LOCK = f"{DEPLOY_LOCK}.work"
 # Break a lock left by a deploy that is gone (its holder is stopped first): PLINTH_DEPLOY_LOCK=break
 LOCK_ENV = "PLINTH_DEPLOY_LOCK"
 
@@ -55,6 +59,7 @@ def tool_vars() -> dict[str, object]:
         "health_timeout": _setting("release_health_timeout"),
         "start_timeout": _setting("release_start_timeout"),
         "lock_file": DEPLOY_LOCK,
+        "work_lock": WORK_LOCK,
     }
 
 

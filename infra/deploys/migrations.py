@@ -13,6 +13,7 @@ from pyinfra.operations import server
 
 from infra.deploys import layout
 from infra.deploys.accounts import account
+from infra.deploys.cutover import WORK_LOCK
 from infra.deploys.hostops import host_roles, secret_file
 from service.migrations import VERSION_TABLE
 
@@ -100,6 +101,9 @@ def migrate(data, release_dir: str, owner_url: str, **condition) -> None:
             f"PLINTH_ENVIRONMENT={shlex.quote(str(data.app_environment))} "
             # DATABASE_URL is the one URL settings require: here it is the owner's.
             f'PLINTH_DATABASE_URL="{owner_url}" '
+            # Under the work lock: a deploy killed mid-migration keeps the deploy lock until
+            # the migration has ended (cutover.WORK_LOCK).
+            f"flock -s {WORK_LOCK} "
             f"runuser -u {layout.MIGRATION_USER} -- {release_dir}/venv/bin/plinth migrate"
         ],
         **condition,

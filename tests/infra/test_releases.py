@@ -21,7 +21,7 @@ import pytest
 from conftest import REPO, SITE, host_json_path, run_deploy, ssh_argv
 
 from infra.deploys import layout
-from infra.deploys.cutover import RELEASE_TOOL
+from infra.deploys.cutover import DEPLOY_LOCK, RELEASE_TOOL, WORK_LOCK
 from infra.deploys.postgres import DB_CONNECTION_DEFAULTS
 from infra.release.build import EXPAND_REVISION
 from service.migrations import VERSION_TABLE
@@ -579,6 +579,34 @@ def test_a_second_deploy_fails_naming_the_lock_holder_until_it_is_broken(first_d
         assert "broke the deploy lock held by someone-else" in broken.stderr  # said aloud
     finally:
         holder.kill()
+
+
+def test_the_lock_outlives_a_lost_connection_until_its_steps_on_the_host_end(
+    first_deploy, rehearsal
+):
+    """A deploy whose connection ends (Ctrl-C, the network) while a step it started on the
+    host runs: sshd does not stop that step (a migration, a cutover's health check), so the
+    lock stays until it ends. The step here holds the work lock as those do (`flock -s`;
+    plinth-release takes it for a cutover, a settings reload and a first-start check)."""
+    sleep = "sleep 8.5"  # the step's own process, found by its exact command line
+    step = f"flock -s {WORK_LOCK} {sleep}"
+    ssh(
+        rehearsal,
+        "/usr/local/sbin/plinth-release lock-acquire killed-deploy 0 wait >/dev/null || exit 1; "
+        f"setsid {step} </dev/null >/dev/null 2>&1 & sleep 0.5",  # it holds its lock by then
+    )  # the connection is gone now, the step runs on
+    try:
+        run = run_deploy()
+        assert run.returncode != 0, run.stderr[-2000:]
+        assert f"deploy lock {DEPLOY_LOCK} is held by killed-deploy" in run.stderr
+    finally:
+        deadline = time.monotonic() + 30
+        while ssh(rehearsal, f"pgrep -fx {shlex.quote(sleep)} || true"):
+            assert time.monotonic() < deadline, "the step did not end"
+            time.sleep(0.5)
+    time.sleep(1)  # the holder lets go once the step's lock is free
+    after = run_deploy()
+    assert after.returncode == 0, after.stderr[-2000:]
 
 
 def test_breaking_a_free_lock_signals_no_one(first_deploy, rehearsal):
