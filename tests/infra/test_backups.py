@@ -53,6 +53,22 @@ def test_backup_is_a_private_custom_format_dump(host):
     assert "TABLE DATA public predictions" in listing
 
 
+def test_a_backup_while_postgresql_is_stopped_fails_and_leaves_it_stopped(host, rehearsal):
+    """An operator stopped PostgreSQL for maintenance: the night's backup must not start it
+    again behind their back (Requires= did); it fails, and leaves no half-written dump."""
+    host.check_output("systemctl stop postgresql")
+    try:
+        assert host.run("systemctl start plinth-backup.service").rc != 0
+        assert host.run("systemctl is-active postgresql").stdout.strip() != "active"
+        assert host.check_output(f"ls -A {BACKUP_DIR} | grep -c partial || true") == "0"
+    finally:
+        host.check_output("systemctl start postgresql")
+    deadline = time.monotonic() + 30
+    while request(rehearsal, "GET", "/readyz")[0] != 200:
+        assert time.monotonic() < deadline, "not ready once PostgreSQL is back"
+        time.sleep(0.5)
+
+
 def test_retention_removes_dumps_older_than_the_limit_and_keeps_the_rest(host):
     """14 days (backup_retention_days): a 30-day-old dump goes, the one a restore took of the
     database it replaced too; a 13-day-old one stays."""
