@@ -5,35 +5,14 @@ ignore it in silence, and the deploy would use the default the user meant to cha
 from __future__ import annotations
 
 import difflib
-
-from infra.deploys import (
-    access,
-    app,
-    backups,
-    base,
-    cutover,
-    firewall,
-    logcaps,
-    nginx,
-    os_hardening,
-    postgres,
-    tls,
-)
+import importlib
 
 # The deploy modules with data: each holds its keys in `<NAME>_DEFAULTS` dicts.
-DEPLOYS = (
-    access,
-    app,
-    backups,
-    base,
-    cutover,
-    firewall,
-    logcaps,
-    nginx,
-    os_hardening,
-    postgres,
-    tls,
-)
+DEPLOYS = tuple(
+    importlib.import_module(f"infra.deploys.{name}")
+    for name in ("access", "app", "backups", "base", "cutover", "firewall", "logcaps", "nginx",
+                 "os_hardening", "postgres", "tls")
+)  # fmt: skip
 KNOWN_KEYS = frozenset(
     key
     for module in DEPLOYS
