@@ -60,8 +60,9 @@ APP_DEFAULTS = {
     # Gunicorn's worker timeout and graceful shutdown window, in seconds.
     "app_timeout_seconds": 30,
     "app_graceful_timeout_seconds": 30,
-    # Releases (and their uploaded artifacts) kept on the host; older ones are pruned, never
-    # the one `current` points to.
+    # Releases (and their uploaded artifacts) kept on the host, counting the new one and the
+    # one that served until then; of the rest, those that went live most recently are kept
+    # before any that never did (docs/releases.md).
     "app_keep_releases": 5,
     # Addresses the service may reach besides localhost (e.g. a database on another host).
     "app_ip_address_allow": [],
@@ -238,6 +239,7 @@ def _prune(data, release_dir, artifact, current, deps_key) -> None:
         pattern="*/",
         keep=keep,
         protect=running,
+        prefer=layout.LIVE_MARKER,
     )
     pruned(
         name=f"Keep the newest {keep} artifacts",

@@ -155,22 +155,39 @@ def host_roles() -> set[str]:
 
 
 class NewestFirst(FactBase):
-    """Entries of `directory` matching `pattern`, newest first (by mtime)."""
+    """Entries of `directory` matching `pattern`, newest first (by mtime). With `marker`, those
+    holding that file come first, newest first by the marker's last change (for a release's
+    live marker: the last time it went live), then the others, newest first."""
 
-    def command(self, directory, pattern="*"):
+    def command(self, directory, pattern="*", marker=None):
+        # One line per entry, in `ls -t` order: 1 and the marker's ctime, or 0 and 0; the name.
+        if marker:
+            m = shlex.quote(marker)
+            rank = f'[ -e "$e/{m}" ] && echo "1 $(stat -c %Z "$e/{m}") $e" || echo "0 0 $e"'
+        else:
+            rank = 'echo "0 0 $e"'
         return (
-            f"cd {shlex.quote(directory)} 2>/dev/null && ls -1dt -- {pattern} 2>/dev/null || true"
+            f"cd {shlex.quote(directory)} 2>/dev/null && "
+            f"ls -1dt -- {pattern} 2>/dev/null | while read -r e; do {rank}; done || true"
         )
 
     def process(self, output):
-        return [line.rstrip("/") for line in output if line.strip()]
+        entries = [line.split(" ", 2) for line in output if line.strip()]
+        # sorted() is stable: entries of the same rank keep `ls -t`'s newest-first order.
+        ranked = sorted(entries, key=lambda e: (e[0] != "1", -int(e[1])))
+        return [name.rstrip("/") for _, _, name in ranked]
 
 
 @operation()
-def pruned(directory: str, pattern: str, keep: int, protect: list[str]):
-    """Remove all but the `keep` newest entries of `directory`, never one in `protect`."""
-    entries = host.get_fact(NewestFirst, directory=directory, pattern=pattern)
-    stale = [e for e in entries[keep:] if f"{directory}/{e}" not in protect and e not in protect]
+def pruned(directory: str, pattern: str, keep: int, protect: list[str], prefer: str | None = None):
+    """Keep `keep` entries of `directory`: every one in `protect`, then the newest of the others
+    (with `prefer`, a file name: those holding it first, see NewestFirst); remove the rest. So
+    releases that went live are kept over ones that never did, and failed deploys, however
+    many, never push the releases a rollback can go to off the host."""
+    entries = host.get_fact(NewestFirst, directory=directory, pattern=pattern, marker=prefer)
+    protected = [e for e in entries if f"{directory}/{e}" in protect or e in protect]
+    others = [e for e in entries if e not in protected]
+    stale = others[max(0, keep - len(protected)) :]
     if not stale:
         host.noop(f"{directory}: {len(entries)} kept")
         return

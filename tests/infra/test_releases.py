@@ -80,10 +80,12 @@ class Traffic:
             thread.join()
 
 
-def deploy_revision(revision: str, entry: str = SITE, **env: str):
+def deploy_revision(revision: str, entry: str = SITE, data: tuple[str, ...] = (), **env: str):
+    """Deploy a release built at `revision`; `data` overrides host data (`key=value`, as
+    pyinfra's --data)."""
     os.environ.update(PLINTH_RELEASE_REVISION=revision, **env)
     try:
-        return run_deploy(entry=entry)
+        return run_deploy(*(arg for item in data for arg in ("--data", item)), entry=entry)
     finally:
         for key in ("PLINTH_RELEASE_REVISION", *env):
             os.environ.pop(key, None)
@@ -514,9 +516,11 @@ def test_pruning_keeps_five_releases_and_never_the_running_one(first_deploy, reh
     assert current_release(rehearsal).rsplit("/", 1)[-1] in releases
 
 
-def test_pruning_spares_the_release_that_serves_during_the_deploy(first_deploy, rehearsal):
+def test_pruning_spares_the_release_that_serves_and_keeps_the_count(first_deploy, rehearsal):
     """Rolled back to the oldest kept release, then a new one deployed: the oldest is past the
-    newest five, but it serves until the cutover, so that deploy keeps it; the next prunes it."""
+    newest five, but it serves until the cutover, so that deploy keeps it, and one other goes
+    (five in all). It went live after the others, so it is the way back from the new one and
+    the next deploy keeps it too."""
     # Revisions of this run only (a release id keeps 10 characters of it): new directories.
     tag = uuid.uuid4().hex[:7]
     while len(releases := ssh(rehearsal, f"ls -1t {layout.RELEASES_DIR}").split()) < 5:
@@ -524,12 +528,35 @@ def test_pruning_spares_the_release_that_serves_during_the_deploy(first_deploy, 
     oldest = releases[-1]
     run = rollback(PLINTH_ROLLBACK_TO=oldest)
     assert run.returncode == 0, run.stderr[-2000:]
-    deployed(f"a-{tag}")
+    for revision in (f"a-{tag}", f"b-{tag}"):
+        deployed(revision)
+        kept = ssh(rehearsal, f"ls -1t {layout.RELEASES_DIR}").split()
+        assert oldest in kept and len(kept) == 5, (revision, kept)
+
+
+def test_failed_deploys_never_prune_the_releases_a_rollback_goes_to(first_deploy, rehearsal):
+    """Room for three releases, and three failed deploys in a row before a good one: the
+    failed releases are pruned before any that went live, so both releases live before the
+    new one stay, and a rollback goes back two. (By age alone, two failed ones were kept and
+    the release two back was pruned.)"""
+    tag = uuid.uuid4().hex[:7]
+    names = []
+    for revision in (f"l-{tag}", f"r-{tag}"):
+        deployed(revision, entry=RELEASE)
+        names.append(current_release(rehearsal).rsplit("/", 1)[-1])
+    room = "app_keep_releases=3"
+    failing = (room, "release_health_timeout=3")
+    for n in range(3):
+        run = deploy_revision(f"x{n}-{tag}", RELEASE, failing, PLINTH_RELEASE_FAULT="readyz")
+        assert run.returncode != 0 and "readyz: HTTP 503" in run.stderr, run.stderr[-2000:]
+    run = deploy_revision(f"n-{tag}", RELEASE, (room,))
+    assert run.returncode == 0, run.stderr[-2000:]
+    names.append(current_release(rehearsal).rsplit("/", 1)[-1])
     kept = ssh(rehearsal, f"ls -1t {layout.RELEASES_DIR}").split()
-    assert oldest in kept and len(kept) == 6, kept
-    deployed(f"b-{tag}")
-    kept = ssh(rehearsal, f"ls -1t {layout.RELEASES_DIR}").split()
-    assert oldest not in kept and len(kept) == 5, kept
+    assert sorted(kept) == sorted(names), kept
+    run = rollback(PLINTH_ROLLBACK_TO=names[0])
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert current_release(rehearsal).endswith(f"/{names[0]}")
 
 
 def test_releases_share_one_dependency_layer_and_unused_layers_go(first_deploy, rehearsal):
