@@ -19,11 +19,15 @@ from infra.deploys import layout
 from infra.deploys.templating import TEMPLATES_DIR, template
 
 RELEASE_TOOL = "/usr/local/sbin/plinth-release"
-DEPLOY_LOCK = "/run/lock/plinth-deploy"
+# root's own (0700), not /run/lock: there anyone may create files, so a local user could make
+# the lock file before a deploy (after a boot empties /run) and hold it, or plant the holder's
+# note that breaking the lock reads.
+LOCK_DIR = f"/run/{layout.APP_NAME}-deploy"
+DEPLOY_LOCK = f"{LOCK_DIR}/lock"
 # Held shared by each step of a deploy that runs on the host (cutover, check, migration): a
 # killed deploy's connection ends at once, but sshd does not stop those steps, so the deploy
 # lock is let go only once they have ended.
-WORK_LOCK = f"{DEPLOY_LOCK}.work"
+WORK_LOCK = f"{LOCK_DIR}/work"
 # Break a lock left by a deploy that is gone (its holder is stopped first): PLINTH_DEPLOY_LOCK=break
 LOCK_ENV = "PLINTH_DEPLOY_LOCK"
 
@@ -58,6 +62,7 @@ def tool_vars() -> dict[str, object]:
         "health_ca": ca,
         "health_timeout": _setting("release_health_timeout"),
         "start_timeout": _setting("release_start_timeout"),
+        "lock_dir": LOCK_DIR,
         "lock_file": DEPLOY_LOCK,
         "work_lock": WORK_LOCK,
     }

@@ -591,7 +591,7 @@ def deploy_breaking_the_lock():
 def test_a_second_deploy_fails_naming_the_lock_holder_until_it_is_broken(first_deploy, rehearsal):
     holder = subprocess.Popen(
         ssh_argv(
-            rehearsal, "/usr/local/sbin/plinth-release lock-acquire someone-else 0 wait; sleep 60"
+            rehearsal, "/usr/local/sbin/plinth-release lock-acquire someone-else 5 wait; sleep 60"
         ),
         stdout=subprocess.PIPE,
         text=True,
@@ -600,7 +600,7 @@ def test_a_second_deploy_fails_naming_the_lock_holder_until_it_is_broken(first_d
     try:
         run = run_deploy()
         assert run.returncode != 0
-        assert "deploy lock /run/lock/plinth-deploy is held by someone-else" in run.stderr
+        assert f"deploy lock {DEPLOY_LOCK} is held by someone-else" in run.stderr
         broken = deploy_breaking_the_lock()
         assert broken.returncode == 0, broken.stderr[-2000:]
         assert "broke the deploy lock held by someone-else" in broken.stderr  # said aloud
@@ -619,7 +619,7 @@ def test_the_lock_outlives_a_lost_connection_until_its_steps_on_the_host_end(
     step = f"flock -s {WORK_LOCK} {sleep}"
     ssh(
         rehearsal,
-        "/usr/local/sbin/plinth-release lock-acquire killed-deploy 0 wait >/dev/null || exit 1; "
+        "/usr/local/sbin/plinth-release lock-acquire killed-deploy 5 wait >/dev/null || exit 1; "
         f"setsid {step} </dev/null >/dev/null 2>&1 & sleep 0.5",  # it holds its lock by then
     )  # the connection is gone now, the step runs on
     try:
@@ -636,10 +636,30 @@ def test_the_lock_outlives_a_lost_connection_until_its_steps_on_the_host_end(
     assert after.returncode == 0, after.stderr[-2000:]
 
 
+def test_a_local_user_can_neither_take_nor_block_the_deploy_lock(first_deploy, rehearsal):
+    """As after a boot (/run emptied), a local user (nobody) makes and holds the lock file
+    before the next deploy can: the lock lives in root's own directory, so it cannot, and the
+    deploy goes on. (In the world-writable /run/lock it could, and every deploy failed.)"""
+    squatter = "sleep 61.5"  # found by its exact command line
+    ssh(rehearsal, f"rm -f {DEPLOY_LOCK} {DEPLOY_LOCK}.holder")
+    ssh(
+        rehearsal,
+        "setsid setpriv --reuid=nobody --regid=nogroup --clear-groups "
+        f"flock -n {DEPLOY_LOCK} {squatter} </dev/null >/dev/null 2>&1 & sleep 1",
+    )
+    try:
+        run = run_deploy()
+        assert run.returncode == 0, run.stderr[-2000:]
+        lock_dir = DEPLOY_LOCK.rsplit("/", 1)[0]
+        assert ssh(rehearsal, f"stat -c '%U %a' {lock_dir}") == "root 700"
+    finally:
+        ssh(rehearsal, f"pkill -fx {shlex.quote(squatter)} || true")
+
+
 def test_breaking_a_free_lock_signals_no_one(first_deploy, rehearsal):
     """A holder note left by a lock daemon killed with KILL names a PID that is someone else's
     by now: with the lock free, PLINTH_DEPLOY_LOCK=break must not signal it."""
-    info = "/run/lock/plinth-deploy.holder"
+    info = f"{DEPLOY_LOCK}.holder"
     unit = "plinth-test-bystander"
     ssh(rehearsal, f"systemd-run --unit={unit} -p RuntimeMaxSec=120 sleep 120")
     try:
@@ -662,7 +682,7 @@ def test_a_deploy_told_to_wait_for_the_lock_goes_on_once_it_is_free(first_deploy
     holder = subprocess.Popen(
         ssh_argv(
             rehearsal,
-            f"rm -f {release}; /usr/local/sbin/plinth-release lock-acquire someone-else 0 wait"
+            f"rm -f {release}; /usr/local/sbin/plinth-release lock-acquire someone-else 5 wait"
             f" && while [ ! -e {release} ]; do sleep 0.2; done",
         ),
         stdout=subprocess.PIPE,
