@@ -17,7 +17,10 @@
      (sched_setaffinity, taskset) and the client to the last one, as a remote client leaves
      the server its cores; the server has one core less. Pinning is undone afterwards.
    Each path's CPU per request on the host, by process and without the client's, shows where
-   the difference goes.
+   the difference goes. A third path is measured beside them as a reference, not as plinth:
+   the same upstream behind a bare nginx server block (plain HTTP on loopback, nothing but
+   proxy_pass: no TLS, log, headers or limits), added for the run and removed afterwards. Its
+   ratio is what one nginx hop costs on this host before any of plinth's settings.
 
 Uses the rehearsal host named by PLINTH_REHEARSAL_HOST_JSON or PLINTH_REHEARSAL_DIR (as the
 tests do); boots one (and removes it afterwards) when there is none.
@@ -33,6 +36,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +47,9 @@ from test_releases import Traffic  # noqa: E402  (the same client the tests use)
 from infra.deploys import layout  # noqa: E402
 
 INVENTORY = "infra/inventories/rehearsal.py"
+# The reference server block (bare_nginx_hop): a port and a file nothing of plinth's uses.
+BARE_HOP_PORT = 8081
+BARE_HOP_SITE = "/etc/nginx/sites-enabled/zz-bench-bare-hop"
 RELEASE_ENTRY, SITE_ENTRY = "infra/deploys/release.py", "infra/deploys/site.py"
 LOADGEN = Path(__file__).with_name("loadgen.py")
 PREDICTION = {
@@ -217,7 +224,32 @@ def throughput_ratios_by_placement(rehearsal, args) -> list[tuple[str, str, str]
     return rows
 
 
+@contextmanager
+def bare_nginx_hop(rehearsal):
+    """The loadgen target of a server block with nothing but the proxy to plinth's upstream,
+    on the host's nginx for as long as the block runs."""
+    server = (
+        f"server {{ listen 127.0.0.1:{BARE_HOP_PORT}; access_log off; location / {{ "
+        f"proxy_pass http://{layout.NGINX_UPSTREAM}; proxy_http_version 1.1; "
+        'proxy_set_header Connection ""; } }'
+    )
+    reload = "nginx -t -q && systemctl reload nginx"
+    add = f"printf '%s\\n' {shlex.quote(server)} > {BARE_HOP_SITE} && {reload}"
+    remove = f"rm -f {BARE_HOP_SITE}; {reload}"
+    subprocess.run(ssh_argv(rehearsal, add), check=True, capture_output=True)
+    try:
+        time.sleep(1)  # the new workers listen
+        yield f"tcp:127.0.0.1:{BARE_HOP_PORT}:-"
+    finally:
+        subprocess.run(ssh_argv(rehearsal, remove), check=True, capture_output=True)
+
+
 def throughput_ratios(rehearsal, args, placement: str) -> list[tuple[str, str, str]]:
+    with bare_nginx_hop(rehearsal) as bare:
+        return _throughput_ratios(rehearsal, args, placement, bare)
+
+
+def _throughput_ratios(rehearsal, args, placement, bare) -> list[tuple[str, str, str]]:
     args.domain = rehearsal["domain"]
     via_nginx = f"tls:127.0.0.1:443:{args.domain}"
     direct = f"unix:{layout.SOCKET_PATH}"
@@ -228,15 +260,16 @@ def throughput_ratios(rehearsal, args, placement: str) -> list[tuple[str, str, s
     rows = []
     for request, (method, path, body) in requests.items():
         name = f"{request} ({placement})"
-        results = {via_nginx: [], direct: []}
-        for round_ in range(args.rounds):  # A B B A ...: a drift in the machine's load hits both
-            for target in (direct, via_nginx)[:: 1 if round_ % 2 == 0 else -1]:
+        results = {via_nginx: [], direct: [], bare: []}
+        for round_ in range(args.rounds):  # A B C C B A ...: a drift in load hits all alike
+            for target in (direct, via_nginx, bare)[:: 1 if round_ % 2 == 0 else -1]:
                 results[target].append(loadgen(rehearsal, target, method, path, body, args))
         rps = {target: sum(r["rps"] for r in runs) / len(runs) for target, runs in results.items()}
         errors = {target: sum(r["errors"] for r in runs) for target, runs in results.items()}
         p99 = {target: max(r["p99_ms"] for r in runs) for target, runs in results.items()}
         cpu = {target: cpu_split(runs) for target, runs in results.items()}
         ratio = rps[via_nginx] / rps[direct] if rps[direct] else 0.0
+        bare_ratio = rps[bare] / rps[direct] if rps[direct] else 0.0
         # Each round's pair (run back to back): how far a single measurement strays.
         pairs = sorted(
             n["rps"] / d["rps"]
@@ -254,6 +287,9 @@ def throughput_ratios(rehearsal, args, placement: str) -> list[tuple[str, str, s
              f"{errors[via_nginx]} errors)", ""),
             (f"{name}: ratio nginx+TLS / socket", f"{100 * ratio:.0f}%", ">= 70%"),
             (f"{name}: ratio, each round's pair", ", ".join(f"{100 * r:.0f}%" for r in pairs), ""),
+            (f"{name}: reference, bare nginx hop (plain HTTP, proxy_pass only) / socket",
+             f"{100 * bare_ratio:.0f}% ({rps[bare]:.0f} req/s; the hop adds "
+             f"{cpu[bare][0] - cpu[direct][0]:+.0f} µs of host CPU per request)", ""),
             # Where the difference goes: the host's CPU per request by process, the client's
             # (which shares the host's cores here, as no real client would) apart.
             (f"{name}: host CPU per request, socket", cpu[direct][1], ""),

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import sys
+from pathlib import Path
 
 from service import bind
 from service.config import CONFIG_ERROR_EXIT_CODE, ConfigError, Settings, load_settings
@@ -86,6 +87,13 @@ def serve() -> int:
         def __init__(self) -> None:
             self.settings = settings
             self._started = False
+            # The release file as this master found it: `current` resolved once, when the
+            # master (and its code) started. A worker it starts later, after a cutover has
+            # switched `current` (a respawn while the old master drains), then reports the
+            # release whose code it runs, as the health check needs, not the one `current`
+            # names by then. Keyed by the configured path, which a HUP may change.
+            self._release_files: dict[Path, Path] = {}
+            self.release_file: Path | None = None
             super().__init__(prog="plinth serve")
 
         def load_config(self) -> None:
@@ -109,6 +117,10 @@ def serve() -> int:
                 else:
                     self.settings = reloaded
             self._started = True
+            configured = self.settings.release_info_file
+            self.release_file = configured and self._release_files.setdefault(
+                configured, configured.resolve()
+            )
             for key, value in gunicorn_conf.options(self.settings).items():
                 self.cfg.set(key, value)
 
@@ -118,7 +130,8 @@ def serve() -> int:
             # the env file again would crash-loop on the bad edit the master refused.
             from service.app import app_or_exit
 
-            return app_or_exit(self.settings)
+            pinned = {"release_info_file": self.release_file}
+            return app_or_exit(self.settings.model_copy(update=pinned))
 
     PlinthGunicorn().run()
     return 0

@@ -28,7 +28,9 @@ def package_version() -> str:
 
 
 def read_release_info(path: Path | None) -> ReleaseInfo:
-    """Read once per app creation, so a HUP reload (new workers) shows a new release."""
+    """Read once per app creation, so a HUP reload (new workers) shows the file's new content.
+    Under `plinth serve` the path is the one the master resolved at its start (service/cli.py):
+    a release's code reports that release, wherever `current` points by then."""
     details: dict[str, object] = {}
     if path is not None:
         try:

@@ -5,6 +5,7 @@ summed across workers; logs are JSON without secrets or payloads."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -322,6 +323,48 @@ def test_workers_exit_when_the_master_is_killed(serve_environment: dict[str, str
 def _worker_pids(master: subprocess.Popen[bytes]) -> set[str]:
     found = subprocess.run(["pgrep", "-P", str(master.pid)], capture_output=True, text=True)
     return set(found.stdout.split())
+
+
+def test_a_worker_started_after_current_moved_reports_its_masters_release(
+    serve_environment: dict[str, str], tmp_path: Path
+):
+    """A release cutover switches `current`, then re-executes the master. A worker the old
+    master starts in between (here: both crash and are respawned) runs the old release's
+    code, so /version names the old release, or the health check could pass on it."""
+    releases = tmp_path / "releases"
+    for name, revision in (("r1", "aaa"), ("r2", "bbb")):
+        (releases / name).mkdir(parents=True)
+        info = {"version": name, "git_revision": revision, "build_time": "t"}
+        (releases / name / "release.json").write_text(json.dumps(info))
+    current = tmp_path / "current"
+    current.symlink_to(releases / "r1")
+    serve_environment["PLINTH_RELEASE_INFO_FILE"] = str(current / "release.json")
+    port = free_port()
+    serve_environment["PLINTH_BIND"] = f"127.0.0.1:{port}"
+    client = httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+    served = _start(["plinth", "serve"], serve_environment, tmp_path, client)
+    try:
+        assert client.get("/version").json()["version"] == "r1"
+        switched = tmp_path / "current.new"
+        switched.symlink_to(releases / "r2")
+        os.replace(switched, current)  # as plinth-release switches it
+        crashed = _worker_pids(served.process)
+        for pid in crashed:
+            os.kill(int(pid), signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while len(_worker_pids(served.process) - crashed) < 2:
+            assert time.monotonic() < deadline, "the crashed workers were never replaced"
+            time.sleep(0.2)
+        wait_until_ready(client)
+        served_versions = {
+            httpx2.get(f"{client.base_url}/version", headers={"Connection": "close"}).json()[
+                "version"
+            ]
+            for _ in range(20)  # a connection each, so both new workers answer
+        }
+        assert served_versions == {"r1"}
+    finally:
+        _stop(served)
 
 
 def _reload(served: Served, env_file: Path, text: str) -> None:
