@@ -93,10 +93,28 @@ def post_fork(server: Any, worker: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """A worker of a re-exec'd master has loaded the app: that master becomes systemd's main
-    PID (the deploy then stops the old one). Needs ``NotifyAccess=all`` in the unit."""
-    if "GUNICORN_PID" in os.environ:
-        systemd.sd_notify(f"MAINPID={os.getppid()}", worker.log)
+    """A worker of a re-exec'd master: once its app has started (the ASGI lifespan startup,
+    which uvicorn runs only after this hook, just before it serves), that master becomes
+    systemd's main PID, and the deploy then stops the old one. Not here and now: a release
+    whose startup fails would have the old master stopped before its own failure showed.
+    Needs ``NotifyAccess=all`` in the unit."""
+    if "GUNICORN_PID" not in os.environ:
+        return
+    app = worker.wsgi
+
+    async def announcing_once_started(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+
+        async def send_then_announce(message: Any) -> None:
+            await send(message)
+            if message["type"] == "lifespan.startup.complete":
+                systemd.sd_notify(f"MAINPID={os.getppid()}", worker.log)
+
+        await app(scope, receive, send_then_announce)
+
+    worker.wsgi = announcing_once_started  # what uvicorn serves (uvicorn_worker's _serve)
 
 
 def logconfig(settings: Settings) -> dict[str, Any]:

@@ -44,6 +44,8 @@ REVISION_ENV = "PLINTH_RELEASE_REVISION"
 # /readyz always answers 503 (a broken release). "expand": one more migration, which adds a
 # nullable column, as a newer release's expand step would (rollbacks across it are tested).
 # "import": the service does not import, which the preflight must stop before the host.
+# "startup": the app's startup fails, on the host only (under systemd), as a release whose
+# plug-in needs what only the sandbox refuses would: the preflight passes it.
 FAULT_ENV = "PLINTH_RELEASE_FAULT"
 EXPAND_REVISION = "9001_rehearsal_expand"
 _READYZ_FAULT = """
@@ -86,12 +88,27 @@ _IMPORT_FAULT = """
 
 raise ImportError("PLINTH_RELEASE_FAULT=import: this release does not import")
 """
+_STARTUP_FAULT = """
+
+import os as _os
+
+_serving_lifespan = _lifespan
+
+
+@asynccontextmanager
+async def _lifespan(app):  # PLINTH_RELEASE_FAULT=startup: create_app looks it up when called
+    if _os.environ.get("INVOCATION_ID"):  # set by systemd for a unit's processes only
+        raise RuntimeError("PLINTH_RELEASE_FAULT=startup: this release fails its startup")
+    async with _serving_lifespan(app):
+        yield
+"""
 # name -> {path in the tree: text appended to it (a new file is made)}
 FAULTS = {
     # Wraps create_app, which every server process calls (plinth serve's workers too).
     "readyz": {"service/app.py": _READYZ_FAULT},
     "expand": {f"service/migrations/versions/{EXPAND_REVISION}.py": _EXPAND_FAULT},
     "import": {"service/app.py": _IMPORT_FAULT},
+    "startup": {"service/app.py": _STARTUP_FAULT},
 }
 
 

@@ -224,6 +224,23 @@ def test_a_release_that_fails_readiness_is_rolled_back(first_deploy, rehearsal):
     assert https_status(rehearsal, "/readyz") == 200
 
 
+def test_a_release_whose_startup_fails_on_the_host_never_takes_over(first_deploy, rehearsal):
+    """Its app's startup fails under systemd only, after the control machine's preflight
+    passed it: the new master must not become the service's main process, so the running
+    one is never stopped, no request fails, and the deploy fails naming the new master."""
+    deployed("test-one")
+    before = current_release(rehearsal)
+    with Traffic(rehearsal) as traffic:
+        run = deploy_revision("test-startup", PLINTH_RELEASE_FAULT="startup")
+    assert run.returncode != 0
+    (message,) = [line for line in run.stderr.splitlines() if "plinth-release: error:" in line]
+    assert "the new Gunicorn master exited before serving" in message, message
+    assert traffic.failures == [], traffic.failures[:5]
+    assert current_release(rehearsal) == before
+    assert served_release_dirs(rehearsal) == {before}
+    assert set(traffic.revisions) == {"test-one"}, traffic.revisions
+
+
 def test_a_cutover_a_stopped_run_left_unjudged_is_judged_by_the_next_deploy(
     first_deploy, rehearsal
 ):
