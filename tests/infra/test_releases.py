@@ -267,6 +267,15 @@ def test_a_cutover_a_stopped_run_left_unjudged_is_judged_by_the_next_deploy(
     assert traffic.failures == [], traffic.failures[:5]
     assert current_release(rehearsal) == before
     assert https_status(rehearsal, "/readyz") == 200
+    # Stopped so again, then another release deployed, which fails too: its way back is the
+    # release that last went live, not the unjudged one `current` named.
+    ssh(rehearsal, f"ln -sfn {broken} {link}.new && mv -T {link}.new {link}")
+    with Traffic(rehearsal) as traffic:
+        run = deploy_revision("test-other", PLINTH_RELEASE_FAULT="readyz")
+    (message,) = [line for line in run.stderr.splitlines() if "plinth-release: error:" in line]
+    assert f"rolled back to {before.rsplit('/', 1)[-1]}, which serves again" in message, message
+    assert traffic.failures == [], traffic.failures[:5]
+    assert current_release(rehearsal) == before
 
 
 def _served_revision_any_certificate(rehearsal) -> str:
@@ -651,6 +660,29 @@ def test_the_lock_outlives_a_lost_connection_until_its_steps_on_the_host_end(
     time.sleep(1)  # the holder lets go once the step's lock is free
     after = run_deploy()
     assert after.returncode == 0, after.stderr[-2000:]
+
+
+def test_breaking_the_lock_waits_for_the_steps_the_broken_deploy_left_running(
+    first_deploy, rehearsal
+):
+    """A deploy whose connection ended while a step it started on the host runs on (sshd does
+    not stop it): its lock broken on purpose, the holder lets go at once, but the new deploy
+    waits for that step (the work lock) before it goes on, so no two deploys' migrations or
+    cutovers ever run together."""
+    sleep = "sleep 14.5"  # the step's own process, found by its exact command line
+    ssh(
+        rehearsal,
+        "/usr/local/sbin/plinth-release lock-acquire killed-deploy 5 wait >/dev/null || exit 1; "
+        f"setsid flock -s {WORK_LOCK} {sleep} </dev/null >/dev/null 2>&1 & sleep 0.5",
+    )
+    try:
+        run = deploy_breaking_the_lock()
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert "broke the deploy lock held by killed-deploy" in run.stderr
+        # The deploy took the lock only once the step had ended: it is gone by now.
+        assert ssh(rehearsal, f"pgrep -fx {shlex.quote(sleep)} || true") == ""
+    finally:
+        ssh(rehearsal, f"pkill -fx {shlex.quote(sleep)} || true")
 
 
 def test_a_local_user_can_neither_take_nor_block_the_deploy_lock(first_deploy, rehearsal):
