@@ -64,7 +64,8 @@ APP_DEFAULTS = {
     # one that served until then; of the rest, those that went live most recently are kept
     # before any that never did (docs/releases.md).
     "app_keep_releases": 5,
-    # Addresses the service may reach besides localhost (e.g. a database on another host).
+    # Addresses (or networks) the service may reach besides localhost: a db_host on another
+    # host must be in one (validation refuses it otherwise).
     "app_ip_address_allow": [],
     # Any further PLINTH_* settings, e.g. {"DB_POOL_SIZE": 10}.
     "app_extra_env": {},

@@ -208,6 +208,17 @@ def tls_settings(data) -> dict:
     if domain and domain not in settings["domains"]:
         # Releases health-check https://<domain>/ and would fail every cutover on this cert.
         _fail(f"tls_domains {settings['domains']!r} must include domain {domain!r}")
+    ports = data.get("firewall_tcp_ports", FIREWALL_DEFAULTS["firewall_tcp_ports"])
+    try:  # as the firewall reads them ("443" opens 443); it refuses a bad list itself
+        open_ports = {int(port) for port in ports} if isinstance(ports, list | tuple) else None
+    except (TypeError, ValueError):
+        open_ports = None
+    if open_ports is not None and layout.HTTPS_PORT not in open_ports:
+        # The release health check goes to 127.0.0.1: the deploy stays green, clients are dropped.
+        _fail(
+            f"tls_mode {mode} serves HTTPS on port {layout.HTTPS_PORT}: firewall_tcp_ports "
+            f"{list(ports)!r} must include it"
+        )
     if mode == "self-signed":
         days = data.get("tls_self_signed_days")
         if isinstance(days, bool) or not isinstance(days, int) or days <= SELF_SIGNED_RENEW_DAYS:
@@ -217,8 +228,7 @@ def tls_settings(data) -> dict:
                 f"{SELF_SIGNED_RENEW_DAYS} (the certificate is replaced that long before expiry)"
             )
         return settings
-    ports = data.get("firewall_tcp_ports", FIREWALL_DEFAULTS["firewall_tcp_ports"])
-    if isinstance(ports, list | tuple) and layout.HTTP_PORT not in ports:
+    if open_ports is not None and layout.HTTP_PORT not in open_ports:
         # The certificate in hand keeps the deploy green; every renewal would fail behind it.
         _fail(
             f"tls_mode acme renews over HTTP on port {layout.HTTP_PORT}: firewall_tcp_ports "

@@ -17,6 +17,7 @@ from infra.deploys.app import APP_DEFAULTS, ENV_FROM_DATA
 from infra.deploys.backups import BACKUP_DEFAULTS
 from infra.deploys.base import BASE_DEFAULTS
 from infra.deploys.cutover import RELEASE_DEFAULTS
+from infra.deploys.hostops import host_roles
 from infra.deploys.logcaps import LOGCAPS_DEFAULTS
 from infra.deploys.nginx import NGINX_DEFAULTS
 from infra.deploys.os_hardening import HARDENING_DEFAULTS
@@ -27,6 +28,21 @@ _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{1,62}$"
 )
 _ROLE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# Role names PostgreSQL keeps for itself (CREATE ROLE refuses them, or they name something
+# else), its superuser (migrations would run as it, and pg_hba.conf's `local all postgres peer`,
+# read first, would fail the deploy's password check every time), and `all`, which pg_hba.conf
+# reads as every role. The names are quoted in SQL and _ROLE admits lower case only: no folding.
+_RESERVED_ROLES = (
+    "postgres",
+    "public",
+    "none",
+    "all",
+    "current_user",
+    "session_user",
+    "current_role",
+)
+# Words pg_hba.conf reads as keywords where its template writes db_name (unquoted, lower case).
+_HBA_DATABASE_KEYWORDS = ("all", "sameuser", "samerole", "samegroup", "replication")
 _EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@([A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,}$")
 # Names people leave in templates instead of their own.
 _PLACEHOLDER = re.compile(
@@ -57,7 +73,8 @@ _NUMBERS = {
     "nginx_client_body_timeout": (1, None),
     "nginx_send_timeout": (1, None),
     "nginx_keepalive_timeout": (1, None),
-    "nginx_predict_burst": (0, None),
+    # nginx refuses `limit_req ... burst=0` ("invalid burst value"), mid-deploy.
+    "nginx_predict_burst": (1, None),
     "nginx_log_rotate": (1, None),
     "backup_retention_days": (1, None),
     "shell_idle_timeout_seconds": (0, None),  # 0: no idle timeout
@@ -98,6 +115,7 @@ _WORDS = {
 # Lists of names: key -> (pattern of one entry, what it is). A string would be read one
 # character at a time: "usb-storage" blocked the modules u, s, b...
 _NAME_LISTS = {
+    "base_packages": (re.compile(r"^[a-z0-9][a-z0-9+.-]+$"), 'packages, e.g. ["curl"]'),
     "hardening_packages": (re.compile(r"^[a-z0-9][a-z0-9+.-]+$"), 'packages, e.g. ["lynis"]'),
     "blocked_kernel_modules": (re.compile(r"^[A-Za-z0-9_-]+$"), 'kernel modules, e.g. ["dccp"]'),
 }
@@ -170,8 +188,15 @@ def check_db_roles(service_role, owner_role) -> None:
     for key, role in (("db_user", service_role), ("db_owner", owner_role)):
         if not isinstance(role, str) or not _ROLE.match(role):
             _fail(f"{key} {role!r} is not a plain PostgreSQL role name ([a-z_][a-z0-9_]*)")
+        if role in _RESERVED_ROLES or role.startswith("pg_"):
+            _fail(f"{key} {role!r} is PostgreSQL's superuser or a name it reserves; choose another")
     if service_role == owner_role:
         _fail(f"db_user and db_owner are both {owner_role!r}: the service must not own its tables")
+
+
+def check_db_name(value: str) -> None:
+    if value in _HBA_DATABASE_KEYWORDS:
+        _fail(f"db_name {value!r} is a keyword in pg_hba.conf's database column; choose another")
 
 
 def check_number(key: str, value) -> None:
@@ -290,6 +315,29 @@ def check_db_host(value) -> None:
         )
 
 
+def check_db_host_reachable(db_host: str, allowed) -> None:
+    """The service's unit reaches no address but loopback and app_ip_address_allow
+    (IPAddressDeny=any): a database elsewhere would fail every request, while migrations,
+    which run outside the unit, pass. Both values are checked by now."""
+    if db_host.lower() == "localhost":
+        return
+    if not _is_ip_address(db_host):  # resolved by the service alone: its addresses are unknown
+        if not allowed:
+            _fail(
+                f"db_host {db_host!r} is another host: list the database host's addresses in "
+                "app_ip_address_allow (the service's unit reaches no other)"
+            )
+        return
+    address = ipaddress.ip_address(db_host)
+    if not address.is_loopback and not any(
+        address in ipaddress.ip_network(entry, strict=False) for entry in allowed
+    ):
+        _fail(
+            f"db_host {db_host} is not in app_ip_address_allow {list(allowed)!r}, the only "
+            "addresses the service's unit reaches besides loopback; add it there"
+        )
+
+
 def _is_ip_address(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
@@ -382,6 +430,7 @@ def validate() -> None:
         )
     for key in _WORDS:
         check_word(key, data.get(key))
+    check_db_name(data.db_name)
     for key in _NAME_LISTS:
         check_name_list(key, data.get(key))
     check_backup_dir(data.backup_dir)
@@ -392,6 +441,8 @@ def validate() -> None:
         check_systemd_value(key, data.get(key))
     check_listen_addresses(data.db_listen_addresses)
     check_db_host(data.db_host)
+    if "app" in host_roles():  # where the service's unit runs
+        check_db_host_reachable(data.db_host, data.app_ip_address_allow)
     check_extra_env(data.app_extra_env)
     for key in _ENV_TEXT_KEYS:
         check_env_text(key, data.get(key))

@@ -14,6 +14,7 @@ from infra.deploys import layout
 from infra.deploys.app import env_value
 from infra.deploys.data_keys import KNOWN_KEYS, documented_keys
 from infra.deploys.templating import render
+from tests.infra.conftest import DeployRun, run_deploy
 from tests.infra.https_client import request
 
 pytestmark = pytest.mark.infra
@@ -171,6 +172,127 @@ def test_unknown_distribution_is_refused(tmp_path, deploy):
         text=True,
     )
     _assert_refused(result, "is not supported (only Debian 12 (bookworm), Debian 13 (trixie))")
+
+
+# Entries that run only the checks on the data, so that no host is needed (see _dry_run).
+_VALIDATE_ONLY = "from infra.deploys.validate import validate\n\nvalidate()\n"
+_TLS_ONLY = """from pyinfra import host
+from pyinfra.api import deploy
+
+from infra.deploys.tls import TLS_DEFAULTS, tls_settings
+
+
+@deploy("TLS settings", data_defaults=TLS_DEFAULTS)
+def settings():
+    tls_settings(host.data)
+
+
+settings()
+"""
+
+
+def _dry_run(tmp_path, data: dict, entry: str = _VALIDATE_ONLY) -> DeployRun:
+    """`entry` with `data` on this machine (@local, --dry: nothing runs), as the deploy reads it."""
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text(f"app = [('@local', {{'domain': 'plinth.test', **{data!r}}})]\n")
+    (tmp_path / "entry.py").write_text(entry)
+    return run_deploy(dry=True, inventory=str(inventory), entry=str(tmp_path / "entry.py"))
+
+
+def _assert_accepted(run) -> None:
+    # The last check is this machine's distribution (which may be another than the hosts').
+    lines = [line for line in _error_lines(run) if "is not supported" not in line]
+    assert lines == [] and "Traceback" not in run.stderr, run.stderr[-2000:]
+
+
+_ACME = {"tls_mode": "acme", "tls_acme_email": "ops@plinth.test"}
+
+
+@pytest.mark.parametrize(
+    ("data", "entry", "message"),
+    [
+        pytest.param(  # nginx refuses `limit_req ... burst=0`: the deploy would stop midway
+            {"nginx_predict_burst": 0}, _VALIDATE_ONLY, "nginx_predict_burst 0", id="burst-zero"
+        ),
+        pytest.param(  # read one letter at a time: packages "h", "t", "o", "p"
+            {"base_packages": "htop"}, _VALIDATE_ONLY, "list of packages", id="base-packages"
+        ),
+        # The superuser (pg_hba.conf's `local all postgres peer` comes first), or names
+        # PostgreSQL keeps for itself.
+        pytest.param({"db_user": "postgres"}, _VALIDATE_ONLY, "db_user 'postgres'", id="su"),
+        pytest.param({"db_owner": "pg_app"}, _VALIDATE_ONLY, "db_owner 'pg_app'", id="pg-role"),
+        pytest.param({"db_user": "public"}, _VALIDATE_ONLY, "db_user 'public'", id="public"),
+        pytest.param(
+            {"db_owner": "current_user"}, _VALIDATE_ONLY, "db_owner 'current_user'", id="current"
+        ),
+        # Keywords where pg_hba.conf names the database.
+        pytest.param({"db_name": "all"}, _VALIDATE_ONLY, "db_name 'all'", id="db-name-all"),
+        pytest.param(
+            {"db_name": "replication"}, _VALIDATE_ONLY, "db_name 'replication'", id="replication"
+        ),
+        # The service's unit reaches no address but these (IPAddressDeny=any).
+        pytest.param(
+            {"db_host": "10.0.0.5"}, _VALIDATE_ONLY, "app_ip_address_allow", id="remote-db"
+        ),
+        pytest.param(
+            {"db_host": "10.0.0.5", "app_ip_address_allow": ["10.0.1.0/24"]},
+            _VALIDATE_ONLY,
+            "app_ip_address_allow",
+            id="remote-db-elsewhere",
+        ),
+        pytest.param(
+            {"db_host": "db.internal"}, _VALIDATE_ONLY, "database host's addresses", id="db-name"
+        ),
+        # The health check goes to 127.0.0.1: the deploy would stay green, clients dropped.
+        pytest.param(
+            {**_ACME, "firewall_tcp_ports": [80, 5432]}, _TLS_ONLY, "443", id="acme-without-443"
+        ),
+        pytest.param(
+            {"tls_mode": "self-signed", "firewall_tcp_ports": [80]},
+            _TLS_ONLY,
+            "443",
+            id="self-signed-without-443",
+        ),
+    ],
+)
+def test_bad_data_is_refused_without_a_host(tmp_path, data, entry, message):
+    _assert_refused(_dry_run(tmp_path, data, entry), message)
+
+
+@pytest.mark.parametrize(
+    ("data", "entry"),
+    [
+        pytest.param({"nginx_predict_burst": 1}, _VALIDATE_ONLY, id="burst-one"),
+        pytest.param(
+            {"db_name": "all_rows", "db_user": "postgresql", "db_owner": "app_pg_owner"},
+            _VALIDATE_ONLY,
+            id="names-near-reserved-ones",
+        ),
+        pytest.param(  # as infra/inventories/rehearsal_split.py sets them on the app host
+            {"db_host": "10.213.7.2", "app_ip_address_allow": ["10.213.7.2"]},
+            _VALIDATE_ONLY,
+            id="split-rehearsal",
+        ),
+        pytest.param(
+            {"db_host": "fd00::5", "app_ip_address_allow": ["10.0.0.0/8", "fd00::/64"]},
+            _VALIDATE_ONLY,
+            id="db-in-network",
+        ),
+        pytest.param(
+            {"db_host": "db.internal", "app_ip_address_allow": ["10.0.0.5"]},
+            _VALIDATE_ONLY,
+            id="db-host-name",
+        ),
+        pytest.param({"db_host": "::1"}, _VALIDATE_ONLY, id="loopback"),
+        pytest.param({"db_host": "localhost"}, _VALIDATE_ONLY, id="localhost"),
+        pytest.param(  # the firewall reads them as numbers too
+            {**_ACME, "firewall_tcp_ports": ["80", "443"]}, _TLS_ONLY, id="ports-as-strings"
+        ),
+        pytest.param({"tls_mode": "off", "firewall_tcp_ports": [5432]}, _TLS_ONLY, id="tls-off"),
+    ],
+)
+def test_good_data_passes_without_a_host(tmp_path, data, entry):
+    _assert_accepted(_dry_run(tmp_path, data, entry))
 
 
 @pytest.mark.parametrize(
