@@ -41,6 +41,9 @@ _PLACEHOLDER = re.compile(
     re.IGNORECASE,
 )
 _PLACEHOLDER_ANYWHERE = re.compile(r"change[-_ ]?me|placeholder|replace[-_ ]?me", re.IGNORECASE)
+# The one reason given for a URL that cannot be read as intended: it names no part of the URL,
+# which is then likely to be a piece of the password.
+_NOT_ENCODED = "is not a valid database URL; percent-encode special characters in the password"
 
 
 class ConfigError(Exception):
@@ -128,10 +131,7 @@ def _parse_url(variable: str, raw: str) -> URL:
     except (ArgumentError, ValueError):
         # Never the URL nor SQLAlchemy's message: an unencoded '@' or ':' in the password makes
         # the rest of it look like a port, and the ValueError quotes it.
-        raise ConfigError(
-            variable,
-            "is not a valid database URL; percent-encode special characters in the password",
-        ) from None
+        raise ConfigError(variable, _NOT_ENCODED) from None
 
 
 def _postgresql_url(variable: str, raw: str) -> URL:
@@ -154,13 +154,14 @@ def _check_database_url(variable: str, secret: SecretStr | None, *, production: 
         raise ConfigError(variable, "must use the psycopg driver (postgresql+psycopg://...)")
     if url.port is not None and not 1 <= url.port <= 65535:
         raise ConfigError(variable, "has a port outside 1..65535")
-    if url.host and ("@" in url.host or any(c.isspace() for c in url.host)):
-        # An unencoded '@' in the password: the rest of it became the host name, which a
-        # failed connection would then print (in the deploy's output, in the journal).
-        raise ConfigError(
-            variable,
-            "is not a valid database URL; percent-encode special characters in the password",
-        )
+    # An unencoded '@' in the password: SQLAlchemy ends the password at the first one, and the
+    # rest of it became the host name ('dor' of "Tr0ub@dor/..."), the database name or a
+    # connection parameter, which a failed connection or the checks below would then print (in
+    # the deploy's output, in the journal). Counted in the raw text, not the parsed parts: those
+    # come back percent-decoded, and an encoded '%40' is fine. A second '@' anywhere, even in a
+    # parameter's value, is refused: there it can be percent-encoded as well.
+    if raw.partition("://")[2].count("@") > 1 or (url.host and any(c.isspace() for c in url.host)):
+        raise ConfigError(variable, _NOT_ENCODED)
     from sqlalchemy.exc import ArgumentError
 
     try:  # what the engine will hand psycopg (host/port lists, ?port=...), without connecting

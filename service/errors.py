@@ -17,6 +17,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.context import current_request_id
+from service.inference_batcher import ModelError
 from service.prediction_writer import WRITES_REFUSED
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -193,6 +194,12 @@ def install_exception_handlers(app: FastAPI) -> None:
             request.url.path, "the database cannot serve this request now; retry later"
         )
 
+    async def on_model_error(request: Request, error: Exception) -> JSONResponse:
+        # The model's failure, whatever it raised (its class and traceback, the cause's, are
+        # in the log line): the operator's or the model author's to look into.
+        logger.error("model failure: %s", error, exc_info=error)
+        return internal_error_response(request.url.path)
+
     async def on_unexpected(request: Request, error: Exception) -> JSONResponse:
         return internal_error_response(request.url.path)
 
@@ -214,6 +221,7 @@ def install_exception_handlers(app: FastAPI) -> None:
     # The most specific class registered handles an error, so these only catch the rest.
     for database_error in (DBAPIError, psycopg.Error):
         app.add_exception_handler(database_error, on_database_refusal)
+    app.add_exception_handler(ModelError, on_model_error)
     app.add_exception_handler(Exception, on_unexpected)
 
 

@@ -45,7 +45,12 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(METRICS_DIR)
 
 
 def on_starting(server: Any) -> None:
-    """Master start: files left by a previous run would be summed into our counters."""
+    """Master start: files left by a previous run would be summed into our counters. Not in
+    a master re-executed by USR2 (a release cutover): the old master's workers still serve
+    and count in the same directory (systemd keeps RuntimeDirectory across the re-exec), and
+    their counts must go on being summed, or every counter would drop at each release."""
+    if "GUNICORN_PID" in os.environ:
+        return
     for leftover in METRICS_DIR.glob("*.db"):
         leftover.unlink()
 

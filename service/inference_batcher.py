@@ -42,6 +42,11 @@ class InferenceTimeout(TimeoutError):
     """The model did not answer within the request's timeout; nothing was stored."""
 
 
+class ModelError(RuntimeError):
+    """The model failed: its predict raised (the original is the ``__cause__``), or it answered
+    what it must not. A 500, whatever the class of what it raised."""
+
+
 class Inference:
     """One request's answer: an id, an output and a row to store per input, and its queue
     wait plus inference in seconds."""
@@ -90,8 +95,8 @@ class InferenceBatcher:
 
     def submit(self, items: Sequence[BaseModel], request_id: str) -> asyncio.Future[Inference]:
         """A future of this request's ``Inference``, done once its rows are committed. It
-        raises ``InferenceTimeout`` (nothing stored), what the model raised, or the
-        database's error. Cancelling it drops the request, unless its rows are being stored."""
+        raises ``InferenceTimeout`` (nothing stored), ``ModelError``, or the database's
+        error. Cancelling it drops the request, unless its rows are being stored."""
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.get_loop() is not loop or self._task.done():
             # Lazily, on the loop that serves requests (tests run one app on several loops).
@@ -254,19 +259,19 @@ def _predict(model: LoadedModel, batch: list[_Request]) -> list[Inference]:
     inputs = [item for request in batch for item in request.items]
     try:
         outputs = model.predictor.predict(inputs)
-    except StopIteration as error:
-        # asyncio cannot set a StopIteration on the awaiting future: the await would never
-        # end, and the model would answer no request again.
-        raise RuntimeError(f"model {name!r} raised StopIteration") from error
-    except Exception:
-        raise
-    except BaseException as error:  # SystemExit, KeyboardInterrupt: the model's, not ours
-        raise RuntimeError(f"model {name!r} raised {type(error).__name__}") from error
+    except BaseException as error:
+        # Whatever the plug-in raised is its failure, never judged by its class as the service's
+        # own errors are: a psycopg OperationalError from a model querying a database of its own
+        # was answered as ours being away (a 503 and a retry), a DataError as the client's input,
+        # an HTTPException with its status. Wrapped too: a StopIteration, which asyncio cannot
+        # set on the awaiting future (the await would never end, and the model would answer no
+        # request again), and a SystemExit or KeyboardInterrupt, the model's, not ours.
+        raise ModelError(f"model {name!r} raised {type(error).__name__}") from error
     finished = time.perf_counter()
     output_schema = model.predictor.output_schema
     if len(outputs) != len(inputs) or not all(isinstance(o, output_schema) for o in outputs):
         # Checked here because the route answers without response_model re-validation.
-        raise RuntimeError(f"model {name!r} returned outputs not matching its schema")
+        raise ModelError(f"model {name!r} returned outputs not matching its schema")
     answers, start = [], 0
     for request in batch:
         end = start + len(request.items)
@@ -281,7 +286,7 @@ def _predict(model: LoadedModel, batch: list[_Request]) -> list[Inference]:
         for output in mine:
             dump = output.model_dump()
             if non_finite(dump) or (not nul_in and _has_nul(dump)):
-                raise RuntimeError(f"model {name!r} returned a non-finite number or a NUL")
+                raise ModelError(f"model {name!r} returned a non-finite number or a NUL")
         rows = [
             # By alias, as the API reads and answers them: a stored input can be sent again.
             (id_, name, version, request.request_id, item.model_dump_json(by_alias=True),

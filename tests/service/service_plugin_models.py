@@ -8,8 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
+import psycopg
+import sqlalchemy.exc
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
+from starlette.exceptions import HTTPException
 
 
 class Echo(BaseModel):
@@ -98,6 +101,29 @@ class PickyPredictor(RecordingPredictor):
         if any(item.value == 13 for item in batch):  # type: ignore[attr-defined]
             raise ValueError("13 is unlucky")
         return outputs
+
+
+class OwnDatabasePredictor(NoArtifact):
+    """Queries a database of its own, which fails: raises what its input names, classes the
+    service answers specially when they are its own (its database away, data it cannot store,
+    an HTTP status)."""
+
+    input_schema = Text
+    output_schema = Text
+
+    def predict(self, batch: Sequence[BaseModel]) -> list[BaseModel]:
+        raising = {
+            "psycopg-operational": lambda: psycopg.OperationalError("features.internal is gone"),
+            "psycopg-data": lambda: psycopg.DataError("invalid input syntax for type integer"),
+            "sqlalchemy-operational": lambda: sqlalchemy.exc.OperationalError(
+                "SELECT 1", None, psycopg.OperationalError("features.internal is gone")
+            ),
+            "http-404": lambda: HTTPException(404, "no features for this applicant"),
+        }
+        for item in batch:
+            if item.text in raising:  # type: ignore[attr-defined]
+                raise raising[item.text]()  # type: ignore[attr-defined]
+        return [Text(text=item.text) for item in batch]  # type: ignore[attr-defined]
 
 
 class Reading(BaseModel):

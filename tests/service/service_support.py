@@ -42,7 +42,7 @@ def write_model(artifacts_dir: Path, name: str, predictor: str, weights: dict) -
 
 def artifacts_with_test_models(root: Path, *, sleepy_delay: float = 1.0) -> Path:
     """A copy of the packaged artifacts plus the ``sleepy``, ``broken``, ``escaping``,
-    ``parrot``, ``recorder``, ``picky``, ``faulty`` and ``camel`` test models."""
+    ``parrot``, ``recorder``, ``picky``, ``faulty``, ``camel`` and ``querying`` test models."""
     artifacts = root / "artifacts"
     shutil.copytree(PACKAGED_ARTIFACTS_DIR, artifacts)
     write_model(
@@ -58,6 +58,7 @@ def artifacts_with_test_models(root: Path, *, sleepy_delay: float = 1.0) -> Path
     write_model(artifacts, "parrot", "service_plugin_models:ParrotPredictor", {})
     write_model(artifacts, "faulty", "service_plugin_models:FaultyOutputPredictor", {})
     write_model(artifacts, "camel", "service_plugin_models:CamelCasePredictor", {})
+    write_model(artifacts, "querying", "service_plugin_models:OwnDatabasePredictor", {})
     # A short pause per batch lets concurrent requests queue up behind it.
     pause = {"delay_seconds": 0.02}
     write_model(artifacts, "recorder", "service_plugin_models:RecordingPredictor", pause)

@@ -235,6 +235,15 @@ def test_serve_on_a_bind_it_cannot_take_is_one_line(
         # No ':' after the second '@': the rest of the password became the host name, which
         # `plinth migrate` then printed in its connection error.
         "postgresql+psycopg://plinth:s3cr@tPassw0rd@db.internal:5432/plinth",
+        # A '/' after the second '@': the host became 'dor', the rest of the password the
+        # database name, and the connection error printed "failed to resolve host 'dor'".
+        "postgresql+psycopg://plinth:Tr0ub@dor/w0rd@db.example.com:5432/plinth",
+        # A '?' after the second '@': the rest of the password became a connection parameter,
+        # whose name the unknown-parameter error quoted.
+        "postgresql+psycopg://plinth:s3cr@t?w0rd@db.internal:5432/plinth",
+        "postgresql+psycopg://plinth:s3cr@t?sslmode=w0rd@db.internal:5432/plinth",
+        # '@' in the user name too: two '@' before the host, however the parts are read.
+        "postgresql+psycopg://plin@th:w0rd@db.internal:5432/plinth",
     ],
 )
 @pytest.mark.parametrize("variable", ["PLINTH_DATABASE_URL", "PLINTH_MIGRATION_DATABASE_URL"])
@@ -248,6 +257,19 @@ def test_malformed_database_url_is_one_line_without_the_password(
         "in the password"
     ]
     assert "w0rd" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://plinth:Tr0ub%40dor%2F3x@db.example.com:5432/plinth",
+        "postgresql+psycopg://plinth:s3cr3t@db.example.com:5432/pl%40inth",  # decoded: pl@inth
+        "postgresql+psycopg:///plinth?host=/run/postgresql&user=plinth@corp",  # the only '@'
+    ],
+)
+def test_database_url_with_an_encoded_or_single_at_is_accepted(check_config, url: str) -> None:
+    result = check_config(PLINTH_DATABASE_URL=url)
+    assert result.returncode == 0, result.stderr
 
 
 # "\udcff" is how Python holds the byte 0xff from the environment (surrogateescape); the

@@ -367,6 +367,66 @@ def test_a_worker_started_after_current_moved_reports_its_masters_release(
         _stop(served)
 
 
+def _healthz(served: Served, times: int) -> None:
+    url = f"{served.client.base_url}/healthz"
+    for _ in range(times):  # a connection each, so both workers answer some
+        assert httpx2.get(url, headers={"Connection": "close"}, timeout=10).status_code == 200
+
+
+def _stop_pid(pid: int) -> None:
+    """SIGTERM a master that is not our child (a re-exec'd one) and wait until it is gone."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z"):
+                return  # exited, not yet reaped by whoever adopted it
+        except FileNotFoundError:
+            return
+        time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
+
+
+def test_counters_survive_a_usr2_reexec(serve_environment: dict[str, str], tmp_path: Path):
+    """A release cutover re-executes the master (USR2) while the old master's workers still
+    serve and count in the same metrics directory (systemd's RuntimeDirectory, kept across the
+    re-exec); the new master removed their files as leftovers, and every counter dropped at
+    each release. The deploy then stops the old master; the counts stay."""
+    port = free_port()
+    serve_environment["PLINTH_BIND"] = f"127.0.0.1:{port}"
+    client = httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+    served = _start(["plinth", "serve"], serve_environment, tmp_path, client)
+    new_master = None
+    try:
+        _healthz(served, 10)
+        assert scraped_healthz_count(client) == 10
+        old_workers = _worker_pids(served.process)
+        served.process.send_signal(signal.SIGUSR2)
+        deadline = time.monotonic() + 60
+        while True:
+            assert time.monotonic() < deadline, "no re-exec'd master with its two workers"
+            children = _worker_pids(served.process) - old_workers
+            if len(children) == 1:
+                new_master = int(children.pop())
+                found = subprocess.run(["pgrep", "-P", str(new_master)], capture_output=True)
+                if len(found.stdout.split()) == 2:
+                    break
+            time.sleep(0.2)
+        _healthz(served, 10)  # answered by the old workers and the new ones
+        assert scraped_healthz_count(client) == 20
+        served.process.send_signal(signal.SIGTERM)  # as the deploy stops the old master
+        assert served.process.wait(timeout=30) == 0
+        wait_until_ready(client)
+        assert scraped_healthz_count(client) == 20
+    finally:
+        _stop(served)
+        if new_master is not None:
+            _stop_pid(new_master)
+
+
 def _reload(served: Served, env_file: Path, text: str) -> None:
     """Edit the env file, HUP the master and wait until none of the old workers is left."""
     old_workers = _worker_pids(served.process)

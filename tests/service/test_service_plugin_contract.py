@@ -1,9 +1,10 @@
 """What a model plug-in may and may not hand back, and how its records read: a NaN or a NUL
-from the model is its fault (500, nothing stored), NaN or Infinity in an input is refused
-(422), and a plug-in's aliases (its wire format) are what is stored."""
+from the model is its fault (500, nothing stored), so is whatever it raises, NaN or Infinity
+in an input is refused (422), and a plug-in's aliases (its wire format) are what is stored."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import psycopg
@@ -17,7 +18,8 @@ from service.config import Settings
 
 @pytest.fixture
 def plugins(settings: Settings) -> Iterator[TestClient]:
-    app = create_app(settings.model_copy(update={"models": ["iris", "faulty", "camel"]}))
+    models = ["iris", "faulty", "camel", "querying"]
+    app = create_app(settings.model_copy(update={"models": models}))
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client
 
@@ -36,6 +38,40 @@ def test_an_output_json_or_postgresql_cannot_carry_is_the_model_s_fault(
     assert _stored(db) == before
     fine = plugins.post("/v1/models/faulty/predict", json={"inputs": [{"text": "fine"}]})
     assert fine.status_code == 200 and _stored(db) == before + 1
+
+
+@pytest.mark.parametrize(
+    ("raised", "cause"),
+    [
+        ("psycopg-operational", "psycopg.OperationalError"),
+        ("psycopg-data", "psycopg.DataError"),
+        ("sqlalchemy-operational", "sqlalchemy.exc.OperationalError"),
+        ("http-404", "starlette.exceptions.HTTPException"),
+    ],
+)
+def test_whatever_a_plugin_raises_is_its_failure(
+    plugins: TestClient,
+    db: psycopg.Connection,
+    caplog: pytest.LogCaptureFixture,
+    raised: str,
+    cause: str,
+) -> None:
+    """A plug-in querying a database of its own was answered by the class of what it raised,
+    as if the service had: its OperationalError as the service's database away (a 503 telling
+    the client to retry, no traceback), a DataError as the client's input (a 422), an
+    HTTPException with its own status. Each is the model's failure: a 500 and its traceback."""
+    before = _stored(db)
+    response = plugins.post("/v1/models/querying/predict", json={"inputs": [{"text": raised}]})
+    body = assert_problem(response, 500)
+    assert body["detail"] == "internal error; quote the request id"
+    assert "features" not in response.text
+    assert "retry-after" not in response.headers
+    assert _stored(db) == before
+    (logged,) = [record for record in caplog.records if record.exc_info]
+    assert logged.levelno == logging.ERROR
+    traceback = logging.Formatter().formatException(logged.exc_info)  # type: ignore[arg-type]
+    assert "service_plugin_models.py" in traceback  # down to the plug-in's own line
+    assert f"\n{cause}: " in traceback
 
 
 @pytest.mark.parametrize("token", ["Infinity", "-Infinity", "NaN"])
