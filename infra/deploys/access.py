@@ -68,9 +68,7 @@ def access() -> None:
     # Key logins still pass PAM's password ageing: an "expired" password would lock the deploy
     # user out (and root login is off), so its password, which it does not have, never expires.
     password_never_expires(user=user, name=f"{user}'s (unset) password never expires")
-    keys = data.deploy_authorized_keys or []
-    keys = [keys] if isinstance(keys, str) else keys
-    keys = [str(key).strip() for key in keys if str(key).strip()]
+    keys = authorized_key_lines(data.deploy_authorized_keys)
     if keys:
         _keeps_this_login(data, user, keys)
         server.user_authorized_keys(
@@ -125,6 +123,35 @@ def access() -> None:
     applied(name="sshd's policy in effect (recorded)", key="sshd", content=policy)
 
 
+def authorized_key_lines(entries) -> list[str]:
+    """deploy_authorized_keys as the key lines to install: each entry a key line (options
+    allowed), or a file of them on this machine (`~` expanded). Read here, not by pyinfra: it
+    opens a path only as written, and took "~/.ssh/id.pub" for a key, which then was the
+    deploy user's only one. Anything else is refused in one line, before any change."""
+    entries = entries or []
+    entries = [entries] if isinstance(entries, str) else entries
+    lines = []
+    for entry in (str(entry).strip() for entry in entries):
+        if not entry:
+            continue
+        if _key_blob(entry) is not None:
+            lines.append(entry)
+            continue
+        path = Path(entry).expanduser()
+        try:
+            found = [line.strip() for line in path.read_text().splitlines()]
+        except (OSError, UnicodeDecodeError, ValueError):
+            found = []
+        found = [line for line in found if line and not line.startswith("#")]
+        if not found or any(_key_blob(line) is None for line in found):
+            raise DeployError(
+                f"deploy_authorized_keys entry {entry!r} is neither a public key line "
+                "(ssh-ed25519 AAAA...) nor a readable file of them on this machine"
+            )
+        lines += found
+    return lines
+
+
 def _keeps_this_login(data, user: str, keys: list[str]) -> None:
     """Refuses (one line, before any change) a key list that leaves out the key this run logs
     in as `user` with: the keys are replaced, root login is off, so the next run could not
@@ -142,11 +169,7 @@ def _keeps_this_login(data, user: str, keys: list[str]) -> None:
         )
         line = derived.stdout if derived.returncode == 0 else ""
     login_key = _key_blob(line)
-    listed = []
-    for key in keys:  # an entry may be a file of keys on this machine, as pyinfra reads it
-        path = Path(key).expanduser()
-        lines = path.read_text().splitlines() if "\n" not in key and path.is_file() else [key]
-        listed += [_key_blob(text) for text in lines]
+    listed = [_key_blob(line) for line in keys]  # key lines (authorized_key_lines)
     if login_key and login_key not in listed:
         raise DeployError(
             f"deploy_authorized_keys leaves out the key this deploy logs in with ({key_file}): "

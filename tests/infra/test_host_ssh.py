@@ -214,6 +214,33 @@ def test_keys_that_leave_out_this_deploy_s_own_are_refused(
     assert other_key.split()[1] not in host.file(keys_file).content_string
 
 
+def test_a_key_file_named_from_home_is_read_here_and_a_bad_entry_refused(
+    first_deploy, rehearsal, host, deploy, tmp_path, monkeypatch
+):
+    """pyinfra opens a key file only by its path as written: "~/.ssh/....pub" became the
+    deploy user's one "key" (its login check had read the file), and every later deploy was
+    locked out. The deploy reads such files itself; an entry that is neither a key line nor a
+    file of keys is refused in one line, before any change."""
+    keys_file = f"/home/{login_user(rehearsal)}/.ssh/authorized_keys"
+    before = host.file(keys_file).content_string
+    own = Path(f"{rehearsal['ssh_key']}.pub")
+    own_key = own.read_text().strip() if own.is_file() else before.split("\n")[0]
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "deploy.pub").write_text(f"# the deploy's key\n{own_key}\n")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    taken = deploy("--data", 'deploy_authorized_keys=["~/.ssh/deploy.pub"]')
+    assert taken.returncode == 0, taken.stderr[-2000:]
+    installed = host.file(keys_file).content_string
+    assert own_key.split()[1] in installed and "~/.ssh" not in installed, installed
+    assert _ssh(rehearsal, login_user(rehearsal), "sudo -n true").returncode == 0
+    refused = deploy("--data", 'deploy_authorized_keys=["~/.ssh/missing.pub"]')
+    assert refused.returncode != 0
+    (line,) = [line for line in refused.stderr.splitlines() if "pyinfra error" in line]
+    assert "is neither a public key line" in line, line
+    assert "Starting operation" not in refused.stderr
+    assert host.file(keys_file).content_string == installed
+
+
 def _until_logins_pass(rehearsal) -> None:
     """A reload re-executes sshd: port 22 is closed for a moment."""
     deadline = time.monotonic() + 10
