@@ -241,6 +241,46 @@ def test_a_release_whose_startup_fails_on_the_host_never_takes_over(first_deploy
     assert set(traffic.revisions) == {"test-one"}, traffic.revisions
 
 
+def test_a_switch_back_right_after_a_failed_cutover_reaches_the_old_release(
+    first_deploy, rehearsal
+):
+    """A health check that gives up after 1 s: the switch back re-executes the broken master
+    while it may not have taken over from the old one yet, when Gunicorn ignores the re-exec
+    signal. It is sent again until taken, so the old release serves again (it waited out the
+    start timeout, then said ROLLBACK FAILED while the broken release served)."""
+    deployed("test-one")
+    before = current_release(rehearsal)
+    with Traffic(rehearsal) as traffic:
+        run = deploy_revision(
+            "test-quick-fail", SITE, ("release_health_timeout=1",), PLINTH_RELEASE_FAULT="readyz"
+        )
+    (message,) = [line for line in run.stderr.splitlines() if "plinth-release: error:" in line]
+    assert f"rolled back to {before.rsplit('/', 1)[-1]}, which serves again" in message, message
+    assert traffic.failures == [], traffic.failures[:5]
+    assert served_release_dirs(rehearsal) == {before}
+
+
+def test_a_cutover_while_the_service_is_still_starting_waits_for_it(first_deploy, rehearsal):
+    """Until Gunicorn's master has set its signal handlers (it is still importing), a USR2
+    kills it: a cutover then (a rollback during a restart or a crash loop) waits for the
+    service to be up, then re-executes it, and nothing is killed."""
+    deployed("test-one")
+    first = current_release(rehearsal)
+    deployed("test-two")
+    since = ssh(rehearsal, "date +%s")
+    unit = layout.SERVICE_UNIT
+    said = ssh(
+        rehearsal,
+        f"systemctl stop {unit} && systemctl start --no-block {unit} && "
+        f"{RELEASE_TOOL} cutover {first} 2>&1; echo exit=$?",
+    )
+    assert said.endswith("exit=0"), said
+    assert current_release(rehearsal) == first
+    journal = ssh(rehearsal, f"journalctl -u {unit} --since @{since} -o cat")
+    assert "code=killed" not in journal, journal[-2000:]
+    assert served_release_dirs(rehearsal) == {first}
+
+
 def test_a_cutover_a_stopped_run_left_unjudged_is_judged_by_the_next_deploy(
     first_deploy, rehearsal
 ):
