@@ -16,6 +16,7 @@ from pyinfra.operations.util import any_changed
 from infra.deploys import layout
 from infra.deploys.cutover import (
     RELEASE_DEFAULTS,
+    ServingRelease,
     first_start_check,
     release_cutover,
     release_tool,
@@ -234,6 +235,8 @@ def _prune(data, release_dir, artifact, current, deps_key) -> None:
     running = [release_dir, artifact]
     if current and current.get("link_target"):
         running.append(current["link_target"])  # still serving until the reload
+    if serving := host.get_fact(ServingRelease):
+        running.append(serving)  # what runs, should `current` name another (a failed switch back)
     pruned(
         name=f"Keep the newest {keep} releases",
         directory=layout.RELEASES_DIR,

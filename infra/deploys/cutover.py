@@ -118,9 +118,18 @@ def release_cutover(release_dir: str, settings_changed: bool = False):
     previous settings back with the previous release (the old release may not serve with the
     new ones)."""
     current = host.get_fact(Link, path=layout.CURRENT_LINK)
+    serving = host.get_fact(ServingRelease)
     # Done only once it went live: a run stopped between the switch and the verdict left
     # `current` switched but never judged, so this one judges it (and can still go back).
-    if current and current.get("link_target") == release_dir and is_live(release_dir):
+    # And only when the running service is that release (or none runs: the deploy starts it
+    # later): after a failed switch back, `current` names the old release while the new one
+    # still serves.
+    if (
+        current
+        and current.get("link_target") == release_dir
+        and is_live(release_dir)
+        and serving in (None, release_dir)
+    ):
         host.noop(f"{layout.CURRENT_LINK} -> {release_dir}")
         return
     with_settings = " --with-settings" if settings_changed else ""
@@ -149,6 +158,21 @@ def settings_cutover():
     file anew), health check through nginx; on failure the previous file back, re-executed and
     health-checked again, and the deploy fails naming both outcomes."""
     yield f"{RELEASE_TOOL} reload-settings"
+
+
+class ServingRelease(FactBase):
+    """The release dir the service's main process runs from (its venv's own interpreter is
+    mapped, see installs.py), or None when it is not running."""
+
+    def command(self):
+        return (
+            f"pid=$(systemctl show -p MainPID --value {layout.SERVICE_UNIT}); "
+            f'[ "${{pid:-0}}" != 0 ] && grep -o -m 1 "{layout.RELEASES_DIR}/[^/]*" '
+            "/proc/$pid/maps || true"
+        )
+
+    def process(self, output):
+        return output[0].strip() if output and output[0].strip() else None
 
 
 class ReleasesByMarker(FactBase):

@@ -260,6 +260,26 @@ def test_a_switch_back_right_after_a_failed_cutover_reaches_the_old_release(
     assert served_release_dirs(rehearsal) == {before}
 
 
+def test_a_deploy_of_current_while_another_release_runs_cuts_over_to_it(
+    first_deploy, rehearsal
+):
+    """`current` names a release that went live while the service runs another (a switch back
+    that failed leaves it so): a deploy of `current`'s release is not done already, it re-
+    executes the service from it, and pruning never takes the release that runs."""
+    deployed("test-one")
+    first = current_release(rehearsal)
+    deployed("test-two")
+    second = current_release(rehearsal)
+    link = layout.CURRENT_LINK  # switched back by hand, the running master left as it was
+    ssh(rehearsal, f"ln -sfn {first} {link}.new && mv -T {link}.new {link}")
+    assert served_release_dirs(rehearsal) == {second}
+    with Traffic(rehearsal) as traffic:
+        deployed("test-one")
+    assert current_release(rehearsal) == first
+    assert served_release_dirs(rehearsal) == {first}
+    assert traffic.failures == [], traffic.failures[:5]
+
+
 def test_a_cutover_while_the_service_is_still_starting_waits_for_it(first_deploy, rehearsal):
     """Until Gunicorn's master has set its signal handlers (it is still importing), a USR2
     kills it: a cutover then (a rollback during a restart or a crash loop) waits for the
