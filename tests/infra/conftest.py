@@ -16,6 +16,8 @@ import pytest
 import testinfra
 
 REPO = Path(__file__).resolve().parents[2]
+# The load generator the benchmarks ship to a host (`ssh host python3 - ARGS < it`).
+LOADGEN = REPO / "bench" / "loadgen.py"
 if str(REPO) not in sys.path:  # the tests read host names from infra.deploys.layout
     sys.path.insert(0, str(REPO))
 # The same host checks run against the Vagrant machine: tests/infra/test_vagrant.py sets

@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from conftest import REPO, ssh_argv
+from conftest import LOADGEN, ssh_argv
 
 from infra.deploys import layout
 from infra.deploys.backups import BACKUP_TIMER
@@ -146,9 +146,6 @@ def test_nginx_log_flood_is_rotated_at_its_size_cap(host):
         assert "*-*-* *:00:00" in calendar, calendar
     finally:
         host.run(f"rm -f {flood} {flood}.*")
-
-
-LOADGEN = REPO / "bench" / "loadgen.py"
 
 
 def test_a_warning_is_kept_through_a_flood_of_access_lines(host, rehearsal):

@@ -18,7 +18,7 @@ import uuid
 from collections import Counter
 
 import pytest
-from conftest import REPO, SITE, host_json_path, run_deploy, ssh_argv
+from conftest import LOADGEN, REPO, SITE, host_json_path, run_deploy, ssh_argv
 
 from infra.deploys import layout
 from infra.deploys.cutover import DEPLOY_LOCK, RELEASE_TOOL, WORK_LOCK
@@ -260,9 +260,7 @@ def test_a_switch_back_right_after_a_failed_cutover_reaches_the_old_release(
     assert served_release_dirs(rehearsal) == {before}
 
 
-def test_a_deploy_of_current_while_another_release_runs_cuts_over_to_it(
-    first_deploy, rehearsal
-):
+def test_a_deploy_of_current_while_another_release_runs_cuts_over_to_it(first_deploy, rehearsal):
     """`current` names a release that went live while the service runs another (a switch back
     that failed leaves it so): a deploy of `current`'s release is not done already, it re-
     executes the service from it, and pruning never takes the release that runs."""
@@ -374,6 +372,34 @@ def rollback(**env: str) -> subprocess.CompletedProcess:
     )
 
 
+class HostPredictions:
+    """Predictions POSTed through nginx over HTTPS for `seconds`, from the host itself (on
+    loopback the per-client rate limit does not apply): bench/loadgen.py, 4 keep-alive
+    connections. `result` once stopped: its requests, errors and statuses."""
+
+    def __init__(self, rehearsal: dict, seconds: float):
+        domain = rehearsal["domain"]
+        self.argv = ssh_argv(
+            rehearsal,
+            shlex.join([
+                "python3", "-", f"tls:127.0.0.1:443:{domain}", "POST", PREDICT_PATH,
+                "--host", domain, "--connections", "4", "--seconds", str(seconds),
+                "--warmup", "0.5", "--body", json.dumps({"inputs": [IRIS]}),
+            ]),
+        )  # fmt: skip
+        self.result: dict = {}
+
+    def __enter__(self):
+        with LOADGEN.open("rb") as script:
+            self._run = subprocess.Popen(self.argv, stdin=script, stdout=subprocess.PIPE)
+        time.sleep(1)
+        return self
+
+    def __exit__(self, *exc):
+        out, _ = self._run.communicate(timeout=120)
+        self.result = json.loads(out) if out.strip() else {"errors": "no result"}
+
+
 def rollback_under_traffic(rehearsal, **env: str) -> tuple[Traffic, Traffic]:
     """`make rollback` under HTTPS traffic; the traffic during it and just after."""
     with Traffic(rehearsal) as traffic:
@@ -382,6 +408,19 @@ def rollback_under_traffic(rehearsal, **env: str) -> tuple[Traffic, Traffic]:
         with Traffic(rehearsal) as after:
             time.sleep(2)
     return traffic, after
+
+
+def test_predictions_during_a_release_and_a_rollback_all_succeed(first_deploy, rehearsal):
+    """POSTs too: a worker that leaves closes its idle keep-alive connections, and a
+    prediction nginx had just sent on one must be retried, not answered 502 (GETs always
+    were)."""
+    deployed("test-one", entry=RELEASE)
+    with HostPredictions(rehearsal, seconds=30) as predictions:
+        deployed(f"test-posts-{uuid.uuid4().hex[:7]}", entry=RELEASE)
+        run = rollback()
+        assert run.returncode == 0, run.stderr[-2000:]
+    assert predictions.result["errors"] == 0, predictions.result
+    assert predictions.result["requests"] > 1000, predictions.result
 
 
 def test_rollback_goes_to_the_previous_release_with_zero_failed_requests(first_deploy, rehearsal):
