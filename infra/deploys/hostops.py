@@ -251,18 +251,18 @@ def apply_conditions(key: str, path: str, written):
     """`_if`s for the operation that puts `written` (the operation writing `path`) into effect
     (a restart, a reload), and for `applied_file` after it. Besides a change in this run, the
     file on disk may differ from the record of what was last put into effect: a run that
-    stopped between writing it and applying it leaves it so, up to date from then on. With no
-    record yet (a host deployed before records) the file is taken as in effect and recorded,
-    so adopting records restarts nothing."""
+    stopped between writing it and applying it leaves it so, up to date from then on. No
+    record is such a difference too: a first deploy that stopped there had recorded nothing
+    yet (a host deployed before records has it applied once more)."""
     record = host.get_fact(AppliedChecksum, key=key)
     on_disk = host.get_fact(Sha1File, path=path)
-    pending = record is not None and on_disk is not None and record != on_disk
+    pending = on_disk is not None and record != on_disk
 
     def apply() -> bool:
         return pending or written.did_change()
 
     def record_now() -> bool:
-        return record is None or apply()
+        return apply()
 
     return apply, record_now
 

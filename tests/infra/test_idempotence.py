@@ -165,12 +165,14 @@ def _recorded(host, key: str, path: str) -> bool:
     return record == host.check_output(f"sha1sum {path} | cut -d ' ' -f 1")
 
 
-def test_every_record_that_differs_from_its_file_makes_the_next_deploy_apply_it(host, deploy):
+@pytest.mark.parametrize("left", ["other", "none"])
+def test_every_record_that_differs_from_its_file_makes_the_next_deploy_apply_it(host, deploy, left):
     """The records the two tests above leave out, each as a stopped run leaves it: the record
-    holds what was in effect before (here a checksum of something else) and the file on disk
-    is the deploy's. The next deploy puts each file into effect (a restart or a reload of the
-    unit that reads it), records it, and changes nothing the time after. PostgreSQL's sandbox
-    takes a round of its own: its restart would hide pg_hba's reload."""
+    holds what was in effect before (here a checksum of something else), or there is none (a
+    first deploy stopped before it recorded anything), and the file on disk is the deploy's.
+    The next deploy puts each file into effect (a restart or a reload of the unit that reads
+    it), records it, and changes nothing the time after. PostgreSQL's sandbox takes a round of
+    its own: its restart would hide pg_hba's reload."""
     hba = host.check_output("ls /etc/postgresql/*/main/pg_hba.conf")
     invocation = "systemctl show -p InvocationID --value "
     pg = "runuser -u postgres -- psql -tAc "
@@ -189,7 +191,8 @@ def test_every_record_that_differs_from_its_file_makes_the_next_deploy_apply_it(
         before = {key: host.check_output(show) for key, (_, show) in records.items()}
         started = host.check_output(pg + "'select pg_postmaster_start_time()'")
         for key in records:
-            host.check_output(f"{earlier} > {layout.APPLIED_DIR}/{key}")
+            record = f"{layout.APPLIED_DIR}/{key}"
+            host.check_output(f"{earlier} > {record}" if left == "other" else f"rm {record}")
         run = deploy()
         assert run.returncode == 0, run.stderr[-3000:]
         after = {key: host.check_output(show) for key, (_, show) in records.items()}
