@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from contextlib import contextmanager
 
 import pytest
 from conftest import LOADGEN, REPO, SITE, host_json_path, run_deploy, ssh_argv
@@ -203,14 +204,21 @@ def test_a_release_that_does_not_import_stops_before_the_host_is_touched(first_d
     assert listing(rehearsal) == installed
 
 
+def failed_under_traffic(rehearsal, revision: str, fault: str, data=()) -> tuple[str, Traffic]:
+    """A deploy of `revision` built with PLINTH_RELEASE_FAULT=`fault`, under HTTPS traffic,
+    which must fail: its one error line, and the traffic."""
+    with Traffic(rehearsal) as traffic:
+        run = deploy_revision(revision, SITE, data, PLINTH_RELEASE_FAULT=fault)
+    assert run.returncode != 0, run.stderr[-2000:]
+    (message,) = [line for line in run.stderr.splitlines() if "plinth-release: error:" in line]
+    return message, traffic
+
+
 def test_a_release_that_fails_readiness_is_rolled_back(first_deploy, rehearsal):
     deployed("test-one")
     before = current_release(rehearsal)
-    with Traffic(rehearsal) as traffic:
-        run = deploy_revision("test-broken", PLINTH_RELEASE_FAULT="readyz")
-    assert run.returncode != 0
+    message, traffic = failed_under_traffic(rehearsal, "test-broken", "readyz")
     # One line names the failed check and the health-checked switch back.
-    (message,) = [line for line in run.stderr.splitlines() if "plinth-release: error:" in line]
     assert "health check through nginx" in message and "readyz: HTTP 503" in message, message
     assert f"rolled back to {before.rsplit('/', 1)[-1]}, which serves again" in message, message
     assert "(readyz 200, version test-one)" in message, message
@@ -230,10 +238,7 @@ def test_a_release_whose_startup_fails_on_the_host_never_takes_over(first_deploy
     one is never stopped, no request fails, and the deploy fails naming the new master."""
     deployed("test-one")
     before = current_release(rehearsal)
-    with Traffic(rehearsal) as traffic:
-        run = deploy_revision("test-startup", PLINTH_RELEASE_FAULT="startup")
-    assert run.returncode != 0
-    (message,) = [line for line in run.stderr.splitlines() if "plinth-release: error:" in line]
+    message, traffic = failed_under_traffic(rehearsal, "test-startup", "startup")
     assert "the new Gunicorn master exited before serving" in message, message
     assert traffic.failures == [], traffic.failures[:5]
     assert current_release(rehearsal) == before
@@ -250,11 +255,9 @@ def test_a_switch_back_right_after_a_failed_cutover_reaches_the_old_release(
     start timeout, then said ROLLBACK FAILED while the broken release served)."""
     deployed("test-one")
     before = current_release(rehearsal)
-    with Traffic(rehearsal) as traffic:
-        run = deploy_revision(
-            "test-quick-fail", SITE, ("release_health_timeout=1",), PLINTH_RELEASE_FAULT="readyz"
-        )
-    (message,) = [line for line in run.stderr.splitlines() if "plinth-release: error:" in line]
+    message, traffic = failed_under_traffic(
+        rehearsal, "test-quick-fail", "readyz", data=("release_health_timeout=1",)
+    )
     assert f"rolled back to {before.rsplit('/', 1)[-1]}, which serves again" in message, message
     assert traffic.failures == [], traffic.failures[:5]
     assert served_release_dirs(rehearsal) == {before}
@@ -704,6 +707,18 @@ def test_releases_share_one_dependency_layer_and_unused_layers_go(first_deploy, 
     assert ssh(rehearsal, probe).startswith(f"{layout.DEPS_DIR}/{named.pop()}/")
 
 
+@contextmanager
+def running_on_host(rehearsal, command: str, process: str, before: str = ""):
+    """`command` started on the host in a session of its own (it outlives the SSH connection,
+    as a step a lost deploy started does), after the shell line `before`; `process` (its
+    exact command line: make it unique) stopped when the block ends."""
+    ssh(rehearsal, f"{before}setsid {command} </dev/null >/dev/null 2>&1 & sleep 1")
+    try:
+        yield
+    finally:
+        ssh(rehearsal, f"pkill -fx {shlex.quote(process)} || true")
+
+
 def deploy_breaking_the_lock():
     """The whole deploy with PLINTH_DEPLOY_LOCK=break."""
     os.environ["PLINTH_DEPLOY_LOCK"] = "break"
@@ -768,40 +783,28 @@ def test_breaking_the_lock_waits_for_the_steps_the_broken_deploy_left_running(
     not stop it): its lock broken on purpose, the holder lets go at once, but the new deploy
     waits for that step (the work lock) before it goes on, so no two deploys' migrations or
     cutovers ever run together."""
-    sleep = "sleep 14.5"  # the step's own process, found by its exact command line
-    ssh(
-        rehearsal,
-        "/usr/local/sbin/plinth-release lock-acquire killed-deploy 5 wait >/dev/null || exit 1; "
-        f"setsid flock -s {WORK_LOCK} {sleep} </dev/null >/dev/null 2>&1 & sleep 0.5",
-    )
-    try:
+    sleep = "sleep 14.5"  # the step's own process
+    acquired = f"{RELEASE_TOOL} lock-acquire killed-deploy 5 wait >/dev/null || exit 1; "
+    with running_on_host(rehearsal, f"flock -s {WORK_LOCK} {sleep}", sleep, before=acquired):
         run = deploy_breaking_the_lock()
         assert run.returncode == 0, run.stderr[-2000:]
         assert "broke the deploy lock held by killed-deploy" in run.stderr
         # The deploy took the lock only once the step had ended: it is gone by now.
         assert ssh(rehearsal, f"pgrep -fx {shlex.quote(sleep)} || true") == ""
-    finally:
-        ssh(rehearsal, f"pkill -fx {shlex.quote(sleep)} || true")
 
 
 def test_a_local_user_can_neither_take_nor_block_the_deploy_lock(first_deploy, rehearsal):
     """As after a boot (/run emptied), a local user (nobody) makes and holds the lock file
     before the next deploy can: the lock lives in root's own directory, so it cannot, and the
     deploy goes on. (In the world-writable /run/lock it could, and every deploy failed.)"""
-    squatter = "sleep 61.5"  # found by its exact command line
+    squatter = "sleep 61.5"
     ssh(rehearsal, f"rm -f {DEPLOY_LOCK} {DEPLOY_LOCK}.holder")
-    ssh(
-        rehearsal,
-        "setsid setpriv --reuid=nobody --regid=nogroup --clear-groups "
-        f"flock -n {DEPLOY_LOCK} {squatter} </dev/null >/dev/null 2>&1 & sleep 1",
-    )
-    try:
+    as_nobody = "setpriv --reuid=nobody --regid=nogroup --clear-groups"
+    with running_on_host(rehearsal, f"{as_nobody} flock -n {DEPLOY_LOCK} {squatter}", squatter):
         run = run_deploy()
         assert run.returncode == 0, run.stderr[-2000:]
         lock_dir = DEPLOY_LOCK.rsplit("/", 1)[0]
         assert ssh(rehearsal, f"stat -c '%U %a' {lock_dir}") == "root 700"
-    finally:
-        ssh(rehearsal, f"pkill -fx {shlex.quote(squatter)} || true")
 
 
 def test_breaking_a_free_lock_signals_no_one(first_deploy, rehearsal):
