@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import sys
@@ -15,7 +16,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from service.api import health, models, predictions
 from service.config import CONFIG_ERROR_EXIT_CODE, ConfigError, Settings, load_settings
-from service.database import async_connector, build_engine, record_loaded_model
+from service.database import (
+    answer_deadline,
+    async_connector,
+    build_engine,
+    record_loaded_model,
+)
 from service.errors import install_exception_handlers
 from service.head import HeadAsGet
 from service.inference_batcher import InferenceBatcher
@@ -50,7 +56,16 @@ def _record_models(app: FastAPI) -> None:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    await run_in_threadpool(_record_models, app)
+    # Bounded like readiness: a stalled server never answers, and a worker that waited for it
+    # would never serve (Gunicorn kills it at its timeout, and the next one hangs alike). The
+    # thread cannot be interrupted in psycopg's wait: it is left to end when the server answers
+    # (or the kernel gives the connection up), holding one pooled connection till then.
+    deadline = answer_deadline(app.state.settings)
+    try:
+        async with asyncio.timeout(deadline):
+            await run_in_threadpool(_record_models, app)
+    except TimeoutError:
+        logger.warning("could not record loaded models: no answer within %g s", deadline)
     logger.info("serving models: %s", ", ".join(app.state.registry.names()))
     # Everything loaded so far (the app, its libraries, the models) lives as long as the
     # process. Frozen, the collector stops scanning it: a full collection of those ~100k
@@ -87,8 +102,7 @@ def create_app(settings: Settings) -> FastAPI:
     # Connections per worker: the pool's plus this one (predictions are written here).
     app.state.prediction_writer = PredictionWriter(
         async_connector(app.state.engine, settings),
-        # A statement's own limit plus a connection attempt's: beyond that nobody answers.
-        timeout_seconds=settings.db_statement_timeout_ms / 1000 + settings.db_pool_timeout_seconds,
+        timeout_seconds=answer_deadline(settings),
         on_connection_use=change_pool_in_use,
     )
     app.state.batchers = {

@@ -30,6 +30,13 @@ def _connect_args(settings: Settings, url_options: str | None = None) -> dict[st
     }
 
 
+def answer_deadline(settings: Settings) -> float:
+    """Seconds after which the database is taken for stalled: a connection attempt's limit plus
+    a statement's. A stalled server (storage hung, VM paused) still accepts TCP and never
+    enforces its statement timeout, so whoever waits for it needs a deadline of its own."""
+    return settings.db_statement_timeout_ms / 1000 + settings.db_pool_timeout_seconds
+
+
 def build_engine(
     settings: Settings, *, on_pool_change: Callable[[int], None] | None = None
 ) -> Engine:

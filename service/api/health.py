@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.database import database_state
+from service.database import answer_deadline, database_state
 from service.errors import DATABASE_RETRY_AFTER_SECONDS, ProblemError, problem_responses
 from service.metrics import render_metrics
 from service.release import ReleaseInfo
@@ -57,7 +57,7 @@ async def readyz(request: Request) -> Readiness:
     checks: dict[str, str] = {}
     # A stalled server (storage hung, VM paused) still accepts TCP and never enforces its
     # statement timeout: without a deadline of our own, the probe would hang with it.
-    deadline = settings.db_statement_timeout_ms / 1000 + settings.db_pool_timeout_seconds
+    deadline = answer_deadline(settings)
     try:
         async with asyncio.timeout(deadline):
             database = await run_in_threadpool(database_state, state.engine)

@@ -6,12 +6,14 @@ answers 404 for unknown names. No ``from __future__ import annotations`` here: F
 the generated request/response classes as real objects, not strings.
 """
 
+import asyncio
 import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic_core import to_json
@@ -20,9 +22,10 @@ from service.api.json_body import openapi_body, parse_json_body
 from service.api.models import unknown_model
 from service.config import Settings
 from service.context import current_request_id
-from service.database import get_prediction
+from service.database import answer_deadline, get_prediction
 from service.errors import ProblemError, problem_responses
 from service.inference_batcher import InferenceTimeout, non_finite
+from service.prediction_writer import NoAnswer
 from service.predictors import LoadedModel, ModelRegistry
 
 # 422 covers a body that is not JSON too (service.api.json_body).
@@ -145,6 +148,7 @@ def build_router(
     registry: ModelRegistry, request_classes: dict[str, type[BaseModel]], settings: Settings
 ) -> APIRouter:
     router = APIRouter(tags=["predictions"])
+    read_deadline = answer_deadline(settings)
     for model in registry:
         _add_predict_route(router, model, request_classes[model.name], settings)
 
@@ -166,9 +170,21 @@ def build_router(
         response_model=PredictionRecord,
         responses=problem_responses(404, 422, 500, 503),
     )
-    def read_prediction(prediction_id: uuid.UUID, request: Request) -> PredictionRecord:
+    async def read_prediction(prediction_id: uuid.UUID, request: Request) -> PredictionRecord:
         """A stored prediction. An id that is not a UUID is a 422, an unknown one a 404."""
-        row = get_prediction(request.app.state.engine, prediction_id)
+        # A stalled server never answers (nor enforces its statement timeout), and nothing
+        # interrupts psycopg's blocking wait in a thread. So the request stops waiting at the
+        # deadline (the database's 503, as for a prediction) and leaves the thread to end when
+        # the server answers; its slot among the 40 threads sync routes share is freed at once,
+        # so /metrics is not queued behind stalled reads. Threads left so hold at most the
+        # pool's connections: any further read fails within the pool's timeout.
+        try:
+            async with asyncio.timeout(read_deadline):
+                row = await run_in_threadpool(
+                    get_prediction, request.app.state.engine, prediction_id
+                )
+        except TimeoutError:
+            raise NoAnswer("the database did not answer in time") from None
         if row is None:
             raise ProblemError(
                 404,

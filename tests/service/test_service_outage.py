@@ -13,12 +13,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx2
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from service_support import IRIS_INPUT, pool_in_use
-from sqlalchemy import make_url
+from sqlalchemy import event, make_url
 from test_service_group_commit import serving
 from throwaway_pg import ThrowawayPostgres
 
@@ -242,3 +243,61 @@ def test_requests_queued_behind_a_stalled_database_fail_with_the_first_batch(
             return [answer.status_code for answer in answers]
 
     assert set(asyncio.run(scenario())) == {503}
+
+
+def test_a_worker_starts_and_serves_while_the_database_stalls(
+    own_server: ThrowawayPostgres, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The server freezes once the worker's first connection is made (a hung storage accepts
+    connections and never answers): recording the loaded models at startup waited for it for
+    good, so the worker never served, not even /healthz (Gunicorn killed it at its timeout and
+    the next one hung alike). The record is now given up at the limit, with a warning."""
+    app = create_app(_stalling(own_server, settings))
+    freeze = lambda *_: _signal_server(own_server, signal.SIGSTOP)  # noqa: E731
+    event.listen(app.state.engine, "connect", freeze, once=True)
+
+    def start_and_probe() -> int:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            return client.get("/healthz").status_code
+
+    try:
+        assert _answer_within(start_and_probe, 5) == 200
+    finally:
+        _signal_server(own_server, signal.SIGCONT)
+    # The log's handler writes to the stdout of when the app was built: pytest's capture.
+    assert "could not record loaded models: no answer within 2 s" in capsys.readouterr().out
+
+
+def test_reads_answer_503_within_the_limit_while_the_database_stalls(
+    own_server: ThrowawayPostgres, settings: Settings
+) -> None:
+    """A read of a stored prediction waited for a frozen server for good, and held one of the
+    40 threads sync routes run on: 41 reads left /metrics queued behind them. Each read now
+    answers the database's 503 at the limit, and /metrics is served right after."""
+    predict = {"inputs": [IRIS_INPUT]}
+
+    async def scenario() -> tuple[list[httpx2.Response], httpx2.Response]:
+        async with serving(create_app(_stalling(own_server, settings))) as client:
+            stored = await client.post("/v1/models/iris/predict", json=predict)
+            path = f"/v1/predictions/{stored.json()['predictions'][0]['id']}"
+            assert (await client.get(path)).status_code == 200  # a pooled connection is left
+            _signal_server(own_server, signal.SIGSTOP)
+            try:
+                reads = (client.get(path) for _ in range(41))
+                answers = await asyncio.wait_for(asyncio.gather(*reads), timeout=8)
+                metrics = await asyncio.wait_for(client.get("/metrics"), timeout=2)
+            finally:
+                _signal_server(own_server, signal.SIGCONT)
+            deadline = time.monotonic() + 30
+            while (await client.get(path)).status_code != 200:
+                assert time.monotonic() < deadline, "no read once the server answers again"
+                await asyncio.sleep(0.2)
+            return answers, metrics
+
+    answers, metrics = asyncio.run(scenario())
+    assert {answer.status_code for answer in answers} == {503}
+    for answer in answers:
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert answer.headers["retry-after"].isdigit()
+        assert answer.json()["type"] == "urn:plinth:problem:database-unavailable"
+    assert metrics.status_code == 200
