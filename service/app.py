@@ -123,11 +123,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestContextMiddleware)
     # Routes are matched in order, and FastAPI's nested-router matching costs several
     # microseconds per router passed: the hot path (predictions) comes first.
-    request_classes = predictions.request_models(registry, settings.max_batch_size)
-    app.include_router(predictions.build_router(registry, request_classes, settings))
+    schemas = predictions.predict_schemas(registry, settings.max_batch_size)
+    app.include_router(predictions.build_router(registry, schemas, settings))
     app.include_router(health.router)
     app.include_router(models.router)
-    install_openapi(app, body_models=list(request_classes.values()))
+    install_openapi(
+        app, predict_schemas={predictions.predict_path(name): s for name, s in schemas.items()}
+    )
     return app
 
 

@@ -4,13 +4,13 @@ FastAPI's own body handling decodes the JSON into Python objects with ``json.loa
 validates those objects: on a prediction that cost about a tenth of the request's CPU. Here
 ``model_validate_json`` does both in Rust. Errors keep FastAPI's shape (a
 ``RequestValidationError`` with locations under ``body``), so they reach the same 422
-handler; ``openapi_body`` documents the body as FastAPI would have.
+handler; ``service.openapi`` documents the body as FastAPI would have.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -36,10 +36,3 @@ async def parse_json_body(request: Request, model: type[Model]) -> Model:
         raise RequestValidationError(
             [{**detail, "loc": ("body", *detail["loc"])} for detail in details]
         ) from None
-
-
-def openapi_body(model: type[BaseModel]) -> dict[str, Any]:
-    """The ``openapi_extra`` documenting ``model`` as the required JSON body; the model's
-    schema itself is added to the document's components (``service.openapi``)."""
-    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}

@@ -10,7 +10,7 @@ import asyncio
 import re
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic_core import to_json
 
-from service.api.json_body import openapi_body, parse_json_body
+from service.api.json_body import parse_json_body
 from service.api.models import unknown_model
 from service.config import Settings
 from service.context import current_request_id
@@ -43,16 +43,35 @@ class PredictionRecord(BaseModel):
     created_at: datetime
 
 
-def request_models(registry: ModelRegistry, max_batch_size: int) -> dict[str, type[BaseModel]]:
-    """Each model's request body class, by model name (the routes and the OpenAPI document
-    need the same classes)."""
-    return {model.name: _request_model(model, max_batch_size) for model in registry}
+class PredictSchemas(NamedTuple):
+    """A model's request and response body classes (the route and the OpenAPI document need
+    the same ones)."""
+
+    request: type[BaseModel]
+    response: type[BaseModel]
+
+
+def predict_schemas(registry: ModelRegistry, max_batch_size: int) -> dict[str, PredictSchemas]:
+    """Each model's body classes, by model name. Named after the model, not after the
+    plug-in's classes: two plug-ins may well both call theirs ``Input``."""
+    return {
+        model.name: PredictSchemas(_request_model(model, max_batch_size), _response_model(model))
+        for model in registry
+    }
+
+
+def predict_path(name: str) -> str:
+    return f"/v1/models/{name}/predict"
+
+
+def _class_prefix(model: LoadedModel) -> str:
+    return "".join(part.capitalize() for part in re.split(r"[-_]+", model.name))
 
 
 def _request_model(model: LoadedModel, max_batch_size: int) -> type[BaseModel]:
     item = model.predictor.input_schema
     return create_model(
-        f"{item.__name__}PredictRequest",
+        f"{_class_prefix(model)}PredictRequest",
         __config__=ConfigDict(extra="forbid"),
         # The length is checked before any item is validated, so an oversized batch of junk
         # costs no time; that error becomes a 413 (payload too large), not a generic 422.
@@ -73,10 +92,12 @@ def _oversized_batch(error: RequestValidationError, limit: int) -> ProblemError 
 
 
 def _response_model(model: LoadedModel) -> type[BaseModel]:
-    output = model.predictor.output_schema
-    result = create_model(f"{output.__name__}Result", id=(uuid.UUID, ...), output=(output, ...))
+    prefix = _class_prefix(model)
+    result = create_model(
+        f"{prefix}Prediction", id=(uuid.UUID, ...), output=(model.predictor.output_schema, ...)
+    )
     return create_model(
-        f"{output.__name__}PredictResponse",
+        f"{prefix}PredictResponse",
         model=(str, ...),
         model_version=(str, ...),
         request_id=(str, ...),
@@ -87,7 +108,6 @@ def _response_model(model: LoadedModel) -> type[BaseModel]:
 def _add_predict_route(
     router: APIRouter, model: LoadedModel, request_model: type[BaseModel], settings: Settings
 ) -> None:
-    response_model = _response_model(model)
     name, version = model.manifest.name, model.manifest.version
 
     async def predict(request: Request) -> Response:
@@ -132,12 +152,12 @@ def _add_predict_route(
         return Response(to_json(payload), media_type="application/json")
 
     router.add_api_route(
-        f"/v1/models/{name}/predict",
+        predict_path(name),
         predict,
         methods=["POST"],
-        response_model=response_model,  # documents the 200; not applied to a Response
+        # Both bodies are documented by service.openapi (the route parses and answers them
+        # itself, so FastAPI knows neither).
         responses=_PREDICT_RESPONSES,
-        openapi_extra=openapi_body(request_model),
         summary=f"Predict with {name}",
         description=model.manifest.description or None,
         operation_id=f"predict_{name.replace('-', '_')}",
@@ -145,12 +165,12 @@ def _add_predict_route(
 
 
 def build_router(
-    registry: ModelRegistry, request_classes: dict[str, type[BaseModel]], settings: Settings
+    registry: ModelRegistry, schemas: dict[str, PredictSchemas], settings: Settings
 ) -> APIRouter:
     router = APIRouter(tags=["predictions"])
     read_deadline = answer_deadline(settings)
     for model in registry:
-        _add_predict_route(router, model, request_classes[model.name], settings)
+        _add_predict_route(router, model, schemas[model.name].request, settings)
 
     # Documented as "any name but the served ones", so a client generating requests from the
     # OpenAPI document (schemathesis) never sends a served name here without a body. Only in

@@ -169,3 +169,39 @@ class CamelCasePredictor(NoArtifact):
             Approval(approval_score=item.loan_amount / item.annual_income)  # type: ignore[attr-defined]
             for item in batch
         ]
+
+
+class Kelvin:
+    """Schemas named as another plug-in's (Celsius) and as the service's own are (Problem,
+    Readiness): a plug-in's class names are its own business, and the OpenAPI document keeps
+    every schema apart."""
+
+    class Problem(BaseModel):
+        kelvin: float
+
+    class Readiness(BaseModel):
+        kelvin: float
+
+
+class Celsius:
+    class Problem(BaseModel):
+        celsius: float
+
+    class ModelList(BaseModel):
+        celsius: float
+
+
+class KelvinPredictor(NoArtifact):
+    input_schema = Kelvin.Problem
+    output_schema = Kelvin.Readiness
+
+    def predict(self, batch: Sequence[BaseModel]) -> list[BaseModel]:
+        return [Kelvin.Readiness(kelvin=item.kelvin) for item in batch]  # type: ignore[attr-defined]
+
+
+class CelsiusPredictor(NoArtifact):
+    input_schema = Celsius.Problem
+    output_schema = Celsius.ModelList
+
+    def predict(self, batch: Sequence[BaseModel]) -> list[BaseModel]:
+        return [Celsius.ModelList(celsius=item.celsius) for item in batch]  # type: ignore[attr-defined]

@@ -42,7 +42,8 @@ def write_model(artifacts_dir: Path, name: str, predictor: str, weights: dict) -
 
 def artifacts_with_test_models(root: Path, *, sleepy_delay: float = 1.0) -> Path:
     """A copy of the packaged artifacts plus the ``sleepy``, ``broken``, ``escaping``,
-    ``parrot``, ``recorder``, ``picky``, ``faulty``, ``camel`` and ``querying`` test models."""
+    ``parrot``, ``recorder``, ``picky``, ``faulty``, ``camel``, ``querying``, ``kelvin`` and
+    ``celsius`` test models."""
     artifacts = root / "artifacts"
     shutil.copytree(PACKAGED_ARTIFACTS_DIR, artifacts)
     write_model(
@@ -59,6 +60,8 @@ def artifacts_with_test_models(root: Path, *, sleepy_delay: float = 1.0) -> Path
     write_model(artifacts, "faulty", "service_plugin_models:FaultyOutputPredictor", {})
     write_model(artifacts, "camel", "service_plugin_models:CamelCasePredictor", {})
     write_model(artifacts, "querying", "service_plugin_models:OwnDatabasePredictor", {})
+    write_model(artifacts, "kelvin", "service_plugin_models:KelvinPredictor", {})
+    write_model(artifacts, "celsius", "service_plugin_models:CelsiusPredictor", {})
     # A short pause per batch lets concurrent requests queue up behind it.
     pause = {"delay_seconds": 0.02}
     write_model(artifacts, "recorder", "service_plugin_models:RecordingPredictor", pause)

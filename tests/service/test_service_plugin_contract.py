@@ -100,3 +100,53 @@ def test_a_plugin_s_aliases_are_what_is_stored_and_read_back(plugins: TestClient
     assert record["output"] == {"approvalScore": 0.2}
     again = plugins.post("/v1/models/camel/predict", json={"inputs": [record["input"]]})
     assert again.status_code == 200, again.text  # a stored input can be sent again
+
+
+def _resolved(document: dict, schema: dict) -> dict:
+    """``schema`` with its ``$ref`` followed; a reference to nothing fails the test."""
+    while "$ref" in schema:
+        name = schema["$ref"].removeprefix("#/components/schemas/")
+        assert name in document["components"]["schemas"], f"dangling {schema['$ref']}"
+        schema = document["components"]["schemas"][name]
+    return schema
+
+
+def _references(node: object) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from [value] if key == "$ref" else _references(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _references(value)
+
+
+def test_the_openapi_document_keeps_same_named_schemas_apart(settings: Settings) -> None:
+    # kelvin and celsius both take a class named Problem (as the service's error schema is)
+    # and answer a Readiness and a ModelList (as two of the service's own schemas are).
+    app = create_app(settings.model_copy(update={"models": ["iris", "kelvin", "celsius"]}))
+    with TestClient(app) as client:
+        document = client.get("/openapi.json").json()
+    for reference in _references(document):
+        _resolved(document, {"$ref": reference})
+    paths = document["paths"]
+    for name in ("kelvin", "celsius"):
+        operation = paths[f"/v1/models/{name}/predict"]["post"]
+        body = operation["requestBody"]["content"]["application/json"]["schema"]
+        item = _resolved(document, _resolved(document, body)["properties"]["inputs"]["items"])
+        assert item["required"] == [name]
+        answer = operation["responses"]["200"]["content"]["application/json"]["schema"]
+        result = _resolved(document, _resolved(document, answer)["properties"]["predictions"])
+        output = _resolved(document, _resolved(document, result["items"])["properties"]["output"])
+        assert output["required"] == [name]
+        # The service's own schemas are still its own.
+        problem = operation["responses"]["413"]["content"]
+        assert (
+            "status"
+            in _resolved(document, problem["application/problem+json"]["schema"])["properties"]
+        )
+    readiness = paths["/readyz"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert "checks" in _resolved(document, readiness["schema"])["properties"]
+    models = paths["/v1/models"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert "models" in _resolved(document, models["schema"])["properties"]
+    iris = paths["/v1/models/iris/predict"]["post"]["requestBody"]["content"]["application/json"]
+    assert "inputs" in _resolved(document, iris["schema"])["properties"]
