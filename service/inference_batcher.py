@@ -92,6 +92,7 @@ class InferenceBatcher:
         self._pending: deque[_Request] = deque()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._call_started: float | None = None
 
     def submit(self, items: Sequence[BaseModel], request_id: str) -> asyncio.Future[Inference]:
         """A future of this request's ``Inference``, done once its rows are committed. It
@@ -114,6 +115,16 @@ class InferenceBatcher:
         self._wakeup.set()  # type: ignore[union-attr]
         return done
 
+    def stalled_for(self) -> float | None:
+        """Seconds the predict call in flight has gone unanswered (waiting for the inference
+        thread, or running), once past the timeout: every request it carries has had its 504,
+        and those queued behind it will have theirs. None while the model keeps up."""
+        started = self._call_started
+        if started is None:
+            return None
+        waited = time.perf_counter() - started
+        return waited if waited >= self._timeout else None
+
     async def close(self) -> None:
         if self._task is not None and not self._task.done():
             self._task.cancel()
@@ -134,9 +145,7 @@ class InferenceBatcher:
                 if not batch:
                     continue
                 try:
-                    answers = await loop.run_in_executor(
-                        self._executor, _predict, self._model, batch
-                    )
+                    answers = await self._call(loop, batch)
                 except asyncio.CancelledError:
                     for request in batch:
                         request.done.cancel()
@@ -162,7 +171,7 @@ class InferenceBatcher:
             if not part:
                 continue
             try:
-                answers = await loop.run_in_executor(self._executor, _predict, self._model, part)
+                answers = await self._call(loop, part)
             except asyncio.CancelledError:  # closing: nobody is left waiting on a dead batcher
                 for request in [*part, *(request for rest in parts for request in rest)]:
                     request.done.cancel()
@@ -175,6 +184,16 @@ class InferenceBatcher:
             else:
                 for request, answer in zip(part, answers, strict=True):
                     self._settle(request, answer)
+
+    async def _call(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Request]
+    ) -> list[Inference]:
+        """One predict call in the inference thread, timed for ``stalled_for``."""
+        self._call_started = time.perf_counter()
+        try:
+            return await loop.run_in_executor(self._executor, _predict, self._model, batch)
+        finally:
+            self._call_started = None
 
     def _still_wanted(self, request: _Request) -> bool:
         if request.done.done():  # timed out: its client had its 504

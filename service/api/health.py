@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.datastructures import State
 
 from service.database import answer_deadline, database_state
 from service.errors import DATABASE_RETRY_AFTER_SECONDS, ProblemError, problem_responses
@@ -48,10 +49,30 @@ def _migrations_check(revision: str | None, head: str | None, known: frozenset[s
     return f"failed: at {revision or 'empty database'}, expected {head}"
 
 
+def _models_check(state: State) -> str:
+    """Every model loaded, and none wedged: a plug-in whose predict call never returns answers
+    each request with a 504 while the process looks healthy."""
+    failures = []
+    missing = [name for name in state.settings.models if state.registry.get(name) is None]
+    if missing:
+        failures.append(f"not loaded: {', '.join(missing)}")
+    stalled = {
+        name: seconds
+        for name, batcher in state.batchers.items()
+        if (seconds := batcher.stalled_for()) is not None
+    }
+    if stalled:
+        waited = ", ".join(f"{name} for {seconds:.1f} s" for name, seconds in stalled.items())
+        limit = state.settings.predict_timeout_seconds
+        failures.append(f"a predict call unanswered: {waited} (limit {limit:g} s)")
+    return "failed: " + "; ".join(failures) if failures else "ok"
+
+
 @router.get("/readyz", response_model=Readiness, responses=_READINESS_RESPONSES)
 async def readyz(request: Request) -> Readiness:
     """Ready when the database answers and takes writes, its migrations are at this release's
-    head (or ahead: a newer release's, rolled back from) and every model is loaded."""
+    head (or ahead: a newer release's, rolled back from) and every model is loaded and
+    answering."""
     state = request.app.state
     settings = state.settings
     checks: dict[str, str] = {}
@@ -82,8 +103,7 @@ async def readyz(request: Request) -> Readiness:
         checks["migrations"] = _migrations_check(
             database.revision, state.head_revision, state.known_revisions
         )
-    missing = [name for name in state.settings.models if state.registry.get(name) is None]
-    checks["models"] = "ok" if not missing else f"failed: not loaded: {', '.join(missing)}"
+    checks["models"] = _models_check(state)
     failed = [name for name, result in checks.items() if not result.startswith("ok")]
     if failed:
         raise ProblemError(

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
-from service_support import IRIS_INPUT, pool_in_use
+from service_support import IRIS_INPUT, artifacts_with_test_models, pool_in_use
 
 from service.app import create_app
 from service.config import Settings
@@ -198,6 +198,27 @@ def test_slow_model_times_out_with_504_and_stores_nothing(
     # (the sleepy model takes 1s), that thread must still not write.
     time.sleep(1.0)
     assert db.execute("SELECT count(*) FROM predictions").fetchone() == (0,)
+
+
+def test_a_wedged_model_makes_the_service_not_ready_until_it_answers(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # sleepy's call runs 3 s; each request gives up after 0.5 s.
+    artifacts = artifacts_with_test_models(tmp_path, sleepy_delay=3.0)
+    with TestClient(
+        create_app(settings.model_copy(update={"artifacts_dir": artifacts})),
+        raise_server_exceptions=False,
+    ) as client:
+        assert client.get("/readyz").status_code == 200
+        assert_problem(predict(client, [{"value": 1}], model="sleepy"), 504)
+        body = assert_problem(client.get("/readyz"), 503)
+        assert body["checks"]["models"].startswith("failed: a predict call unanswered: sleepy")
+        assert body["checks"]["database"] == "ok"
+        deadline = time.monotonic() + 10
+        while (ready := client.get("/readyz")).status_code != 200:
+            assert time.monotonic() < deadline, ready.text
+            time.sleep(0.1)
+        assert ready.json()["checks"]["models"] == "ok"
 
 
 def test_model_crash_is_a_500_without_internals(client: TestClient) -> None:
