@@ -17,6 +17,7 @@ from infra.deploys import layout
 from infra.deploys.cutover import (
     RELEASE_DEFAULTS,
     ServingRelease,
+    checked_restart,
     first_start_check,
     release_cutover,
     release_tool,
@@ -109,8 +110,10 @@ def require_provisioned() -> None:
         )
 
 
-# The record (hostops.apply_conditions) of the env file whose settings serve.
+# The records (hostops.apply_conditions) of the env file whose settings serve, and of the
+# service unit that passed its health check after the restart that applied it.
 SETTINGS_RECORD = "env"
+SERVICE_UNIT_RECORD = layout.SERVICE_UNIT
 
 
 def database_url(data, role: str, password: str) -> str:
@@ -153,7 +156,12 @@ def app() -> None:
     # New settings: changed now, or left on disk unserved by a run that stopped before they
     # went live (a failed migration, say): the record of what last served tells.
     new_settings, record_settings = apply_conditions(SETTINGS_RECORD, layout.ENV_FILE, env_changed)
-    units_changed = _units(data)
+    units_changed, service_unit = _units(data)
+    # Restarted for a unit changed now, or left unchecked by a run that stopped or failed
+    # (the unit broke the service): the record of the unit that passed tells.
+    unit_pending, record_unit = apply_conditions(
+        SERVICE_UNIT_RECORD, _service_unit_path(), service_unit
+    )
 
     current = host.get_fact(Link, path=layout.CURRENT_LINK)
     switching = not current or current.get("link_target") != release_dir
@@ -191,14 +199,17 @@ def app() -> None:
         running=True,
         enabled=True,
     )
-    systemd.service(
-        name="Restart the service (its unit changed)",
-        service=layout.SERVICE_UNIT,
-        restarted=True,
-        _if=units_changed,
-    )
+    # A restart for a changed unit is health-checked as a cutover is: a sandbox or limit the
+    # service cannot live with fails the deploy in one line, not with systemd's job error.
+    checked_restart(name="Restart the service (its unit changed), health check", _if=unit_pending)
     # A first start (nothing ran to cut over from) is judged by the same health check.
     first_start_check(name="Health check of the first start", release_dir=release_dir)
+    applied_file(
+        name="The service unit in effect (recorded)",
+        key=SERVICE_UNIT_RECORD,
+        path=_service_unit_path(),
+        _if=record_unit,
+    )
     if not switching:  # a cutover re-executes Gunicorn, which reads the new settings then
         settings_cutover(name="New settings: re-exec, health check", _if=new_settings)
     # Reached only when the settings serve (healthy cutover, or started with them).
@@ -328,7 +339,12 @@ def _env_file(data, release_dir: str):
     )
 
 
+def _service_unit_path() -> str:
+    return f"{layout.SYSTEMD_UNIT_DIR}/{layout.SERVICE_UNIT}"
+
+
 def _units(data):
+    """A daemon-reload's `_if`, and the service unit's operation."""
     socket = template(
         "systemd/plinth.socket.j2",
         f"{layout.SYSTEMD_UNIT_DIR}/{layout.SOCKET_UNIT}",
@@ -336,8 +352,8 @@ def _units(data):
     )
     service = template(
         "systemd/plinth.service.j2",
-        f"{layout.SYSTEMD_UNIT_DIR}/{layout.SERVICE_UNIT}",
+        _service_unit_path(),
         name=layout.SERVICE_UNIT,
         ip_address_allow=" ".join(["localhost", *data.app_ip_address_allow]),
     )
-    return units_to_reload([layout.SOCKET_UNIT, layout.SERVICE_UNIT], socket, service)
+    return units_to_reload([layout.SOCKET_UNIT, layout.SERVICE_UNIT], socket, service), service

@@ -153,6 +153,14 @@ def first_start_check(release_dir: str):
 
 
 @operation(is_idempotent=False)
+def checked_restart():
+    """After the service unit changed: a restart, then the same health check, the release live
+    or not; a failure fails the deploy in one line (the unit stays, and the next deploy
+    restarts and checks it again: its record says it never passed)."""
+    yield f"{RELEASE_TOOL} restart"
+
+
+@operation(is_idempotent=False)
 def settings_cutover():
     """After the env file changed under the same release: Gunicorn re-executed (it reads the
     file anew), health check through nginx; on failure the previous file back, re-executed and

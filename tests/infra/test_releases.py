@@ -166,6 +166,12 @@ def operations_run(run) -> list[str]:
     ]
 
 
+def operations_changed(run) -> list[str]:
+    """The operations that changed something on the host (pyinfra's "success"), by name."""
+    operations = json.loads(run.stdout)["results"]["operations"]
+    return [op["name"] for op in operations if op["success"]]
+
+
 def test_an_app_only_release_goes_live_with_zero_failed_requests(first_deploy, rehearsal):
     """`make release-*`: the app deploy alone, the same cutover; the schema is at the
     release's head already, so no migration runs."""
@@ -634,6 +640,40 @@ def test_a_restart_of_the_unit_refuses_no_request(first_deploy, rehearsal):
     assert "Started" in journal, journal[-2000:]
     killed = [line for line in journal.splitlines() if "SIGKILL" in line or "status=9" in line]
     assert killed == [], killed
+
+
+def test_a_restart_for_a_changed_unit_is_health_checked(first_deploy, rehearsal):
+    """A deploy that changes the service unit (one more address it may reach, here) restarts
+    the service and checks it as a cutover is. Here the service cannot come back (its model
+    unreadable, as a sandbox or limit it cannot live with would do): the deploy fails in one
+    line, and the next deploy (the unit unchanged since) restarts and checks it again, until
+    it passes once."""
+    assert run_deploy().returncode == 0
+    unit = f"{layout.SYSTEMD_UNIT_DIR}/{layout.SERVICE_UNIT}"
+    record = f"{layout.APPLIED_DIR}/{layout.SERVICE_UNIT}"
+    model = f"{layout.CURRENT_LINK}/venv/lib/python3*/site-packages/service/artifacts/iris"
+    restart = "App | Restart the service (its unit changed), health check"
+    wider = ("--data", 'app_ip_address_allow=["192.0.2.10"]')
+    ssh(rehearsal, f"chmod 000 {model}")
+    try:
+        failed = run_deploy(*wider)
+        assert failed.returncode != 0
+        expected = f"{layout.SERVICE_UNIT} restarted for its changed unit: the restart failed"
+        assert expected in failed.stderr, failed.stderr[-3000:]
+        unit_sha1 = ssh(rehearsal, f"sha1sum {unit} | cut -d ' ' -f 1")
+        assert ssh(rehearsal, f"cat {record}") != unit_sha1
+    finally:
+        ssh(rehearsal, f"chmod 755 {model}")
+    again = run_deploy(*wider)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert restart in operations_changed(again)
+    assert ssh(rehearsal, f"cat {record}") == unit_sha1
+    assert https_status(rehearsal, "/readyz") == 200
+    settled = run_deploy(*wider)
+    assert settled.returncode == 0 and settled.totals["success"] == 0, settled.stderr[-3000:]
+    assert restart not in operations_changed(settled)
+    back = run_deploy()  # the inventory's unit again: restarted and checked once more
+    assert back.returncode == 0 and restart in operations_changed(back), back.stderr[-3000:]
 
 
 def test_pruning_keeps_five_releases_and_never_the_running_one(first_deploy, rehearsal):
