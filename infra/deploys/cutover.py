@@ -78,14 +78,24 @@ def release_tool():
     )
 
 
+NO_PYTHON = (
+    "the host has no python3, which the deploy lock needs before anything is installed: "
+    "install it first (apt-get install python3, as root), then deploy again"
+)
+
+
 class DeployLockTaken(FactBase):
     """Takes the deploy lock for this SSH connection (a fact, so an unchanged deploy stays
     a no-op): "ok", or the line naming who holds it."""
 
     def command(self, script, who, wait, mode):
+        # Taken before anything is installed, so python3 must be there already (every Debian
+        # cloud image has it; a minimal debootstrap has not): said so, not "python3: not found".
         return (
+            "if command -v python3 >/dev/null; then "
             f"python3 -c {shlex.quote(script)} lock-acquire {shlex.quote(who)} "
-            f"{float(wait)} {mode} 2>&1 || true"
+            f"{float(wait)} {mode} 2>&1 || true; "
+            f"else echo {shlex.quote(NO_PYTHON)}; fi"
         )
 
     def process(self, output):
@@ -107,6 +117,8 @@ def deploy_lock() -> None:
     )
     for note in notes:  # "broke the deploy lock held by ...": someone's deploy was stopped
         logger.warning(f"{host.print_prefix}{note}")
+    if answer == NO_PYTHON:
+        raise DeployError(answer)
     if answer != "ok":
         raise DeployError(f"{answer} (if that deploy is gone: {LOCK_ENV}=break)")
 

@@ -22,7 +22,7 @@ import pytest
 from conftest import LOADGEN, REPO, SITE, host_json_path, run_deploy, ssh_argv
 
 from infra.deploys import layout
-from infra.deploys.cutover import DEPLOY_LOCK, RELEASE_TOOL, WORK_LOCK
+from infra.deploys.cutover import DEPLOY_LOCK, NO_PYTHON, RELEASE_TOOL, WORK_LOCK
 from infra.deploys.postgres import DB_CONNECTION_DEFAULTS
 from infra.release.build import EXPAND_REVISION
 from service.migrations import VERSION_TABLE
@@ -831,6 +831,27 @@ def test_breaking_the_lock_waits_for_the_steps_the_broken_deploy_left_running(
         assert "broke the deploy lock held by killed-deploy" in run.stderr
         # The deploy took the lock only once the step had ended: it is gone by now.
         assert ssh(rehearsal, f"pgrep -fx {shlex.quote(sleep)} || true") == ""
+
+
+def test_a_host_without_python_is_refused_in_one_line_before_any_change(first_deploy, rehearsal):
+    """The deploy lock (taken before base installs anything) runs python3 on the host: a
+    minimal Debian without it gets told so, not `python3: not found` under a lock message."""
+    python = "/usr/bin/python3"
+    hidden = f"{python}.hidden-by-test"
+    stamps = f"ls -l --time-style=+%s {layout.ENV_FILE} {layout.CURRENT_LINK}"
+    before = ssh(rehearsal, stamps)
+    ssh(rehearsal, f"mv {python} {hidden}")
+    try:
+        run = run_deploy()
+    finally:
+        ssh(rehearsal, f"mv {hidden} {python}")
+    assert run.returncode != 0
+    assert NO_PYTHON in run.stderr, run.stderr[-2000:]
+    assert "not found" not in run.stderr and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert (
+        ssh(rehearsal, f"ls -l --time-style=+%s {layout.ENV_FILE} {layout.CURRENT_LINK}") == before
+    )
+    assert run_deploy().returncode == 0
 
 
 def test_a_local_user_can_neither_take_nor_block_the_deploy_lock(first_deploy, rehearsal):
