@@ -14,6 +14,8 @@ from pyinfra import host
 from pyinfra.api import FactBase, operation
 from pyinfra.facts.files import File
 
+from infra.deploys.cutover import WORK_LOCK
+
 # A release's wheel is installed by pypa's installer from this Debian package, whose module
 # lives in INSTALLER_PATH (the app deploy installs the package).
 RELEASE_INSTALLER_PACKAGE = "python3-installer"
@@ -35,6 +37,14 @@ def _pip(venv: str, args: str) -> str:
     return _PIP.format(venv=venv, args=f"{_PIP_INSTALL} {args}")
 
 
+def _under_work_lock(command: str) -> str:
+    """`command` run holding the work lock (shared), as a migration or a cutover does: a
+    deploy whose connection ends mid-install keeps the deploy lock until the install (which
+    sshd does not stop) has ended, so the next deploy never installs into the same directory
+    beside it."""
+    return f"flock -s {WORK_LOCK} sh -c {shlex.quote(command)}"
+
+
 @operation()
 def layer_installed(layer_dir: str, artifact: str, marker: str):
     """Unpack the layer's `artifact` (removed afterwards) and install its wheels offline."""
@@ -42,7 +52,7 @@ def layer_installed(layer_dir: str, artifact: str, marker: str):
         host.noop(f"dependency layer {layer_dir} is installed")
         return
     d, a = shlex.quote(layer_dir), shlex.quote(artifact)
-    yield (
+    yield _under_work_lock(
         f"rm -rf {d} && mkdir -p {d} && tar -C {d} -xf {a} "
         f"&& {_pip(f'{d}/venv', f'--find-links {d}/wheels -r {d}/requirements.txt')} "
         f"&& rm -rf {d}/wheels {a} && chmod -R go-w {d} && touch {d}/{shlex.quote(marker)}"
@@ -60,7 +70,7 @@ def release_installed(release_dir: str, artifact: str, marker: str, layer_dir: s
     d, a = shlex.quote(release_dir), shlex.quote(artifact)
     layer_site = _SITE_PACKAGES.format(venv=shlex.quote(f"{layer_dir}/venv"))
     release_site = _SITE_PACKAGES.format(venv=f"{d}/venv")
-    yield (
+    yield _under_work_lock(
         f"test -f {shlex.quote(layer_dir)}/{shlex.quote(marker)} "
         f"&& rm -rf {d} && mkdir -p {d} && tar -C {d} -xf {a} "
         # --copies: the release's own interpreter binary is what the running Gunicorn maps,

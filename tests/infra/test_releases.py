@@ -816,6 +816,35 @@ def test_the_lock_outlives_a_lost_connection_until_its_steps_on_the_host_end(
     assert after.returncode == 0, after.stderr[-2000:]
 
 
+def test_an_install_holds_the_work_lock(first_deploy, rehearsal):
+    """An install holds the work lock (shared) as a migration and a cutover do, so a deploy
+    whose connection ends mid-install keeps its lock until the install (which sshd does not
+    stop) has ended, and no other deploy installs into the same directory beside it. Here the
+    work lock is taken exclusively for 6 s once the deploy holds its lock, before it installs:
+    the install ends after that, not during it."""
+    released = "/root/work-lock-released"
+    ssh(rehearsal, f"rm -f {released}")
+    before = current_release(rehearsal)
+    runs = []
+    deploy = threading.Thread(target=lambda: runs.append(deploy_revision("test-install-lock")))
+    deploy.start()
+    deadline = time.monotonic() + 30
+    while "pyinfra pid" not in ssh(rehearsal, f"cat {DEPLOY_LOCK}.holder 2>/dev/null || true"):
+        assert time.monotonic() < deadline, "the deploy never took its lock"
+        time.sleep(0.1)
+    ssh(
+        rehearsal,
+        f"setsid flock -x {WORK_LOCK} sh -c 'sleep 6; date +%s.%N > {released}' "
+        "</dev/null >/dev/null 2>&1 & sleep 0.2",
+    )
+    deploy.join()
+    assert runs[0].returncode == 0, runs[0].stderr[-3000:]
+    release = current_release(rehearsal)
+    assert release != before
+    installed = float(ssh(rehearsal, f"stat -c %.9Y {release}/{layout.INSTALLED_MARKER}"))
+    assert installed >= float(ssh(rehearsal, f"cat {released}"))
+
+
 def test_breaking_the_lock_waits_for_the_steps_the_broken_deploy_left_running(
     first_deploy, rehearsal
 ):
