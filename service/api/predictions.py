@@ -28,8 +28,9 @@ from service.inference_batcher import InferenceTimeout, non_finite
 from service.prediction_writer import NoAnswer
 from service.predictors import LoadedModel, ModelRegistry
 
-# 422 covers a body that is not JSON too (service.api.json_body).
-_PREDICT_RESPONSES = problem_responses(413, 422, 500, 503, 504)
+# 422 covers a body that is not JSON too, 415 one sent with a content coding (gzip...): see
+# service.api.json_body.
+_PREDICT_RESPONSES = problem_responses(413, 415, 422, 500, 503, 504)
 
 
 class PredictionRecord(BaseModel):

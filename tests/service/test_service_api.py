@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import logging
 import time
@@ -181,6 +182,31 @@ def test_a_body_not_sent_as_json_is_422(client: TestClient, db: psycopg.Connecti
     assert db.execute("SELECT count(*) FROM predictions").fetchone() == (1,)
 
 
+@pytest.mark.parametrize(
+    "codings", [["gzip"], ["br"], ["gzip, identity"], ["identity", "gzip"]], ids=str
+)
+def test_a_body_with_a_content_coding_is_415_naming_identity(
+    client: TestClient, db: psycopg.Connection, codings: list[str]
+) -> None:
+    # nginx compresses answers, so a client may compress its batches too: a gzipped body was
+    # parsed as JSON and called invalid (a 422 the client cannot fix by fixing its JSON), and
+    # a body labelled with a coding it did not have was stored as if it had none.
+    raw = json.dumps({"inputs": [IRIS_INPUT]}).encode()
+    body = gzip.compress(raw) if "gzip" in ",".join(codings) else raw
+    headers = [("content-type", "application/json")]
+    response = client.post(
+        "/v1/models/iris/predict",
+        content=body,
+        headers=headers + [("content-encoding", coding) for coding in codings],
+    )
+    problem = assert_problem(response, 415)
+    assert problem["type"] == "urn:plinth:problem:unsupported-content-encoding"
+    assert response.headers["accept-encoding"] == "identity"  # RFC 7694
+    assert db.execute("SELECT count(*) FROM predictions").fetchone() == (0,)
+    identity = [*headers, ("content-encoding", "Identity")]
+    assert client.post("/v1/models/iris/predict", content=raw, headers=identity).status_code == 200
+
+
 def test_batch_over_the_limit_is_413(client: TestClient, db: psycopg.Connection) -> None:
     assert predict(client, [IRIS_INPUT] * 8).status_code == 200
     body = assert_problem(predict(client, [IRIS_INPUT] * 9), 413)
@@ -337,7 +363,7 @@ EXPECTED_STATUSES = {
     ("/metrics", "get"): {"200", "500"},
     ("/v1/models", "get"): {"200", "500"},
     ("/v1/models/{name}", "get"): {"200", "404", "422", "500"},
-    ("/v1/models/iris/predict", "post"): {"200", "413", "422", "500", "503", "504"},
+    ("/v1/models/iris/predict", "post"): {"200", "413", "415", "422", "500", "503", "504"},
     ("/v1/models/{name}/predict", "post"): {"200", "404", "422", "500"},
     ("/v1/predictions/{prediction_id}", "get"): {"200", "404", "422", "500", "503"},
 }
