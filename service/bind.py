@@ -71,7 +71,7 @@ def check_bindable(settings: Settings) -> None:
     if isinstance(address, int):
         try:
             is_socket = stat.S_ISSOCK(os.fstat(address).st_mode)
-        except OSError:
+        except (OSError, OverflowError):  # not open; or past a C int, so never a descriptor
             is_socket = False
         if not is_socket:
             raise ConfigError(

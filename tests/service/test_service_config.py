@@ -199,6 +199,7 @@ def port_in_use() -> Iterator[int]:
         "regular-file",
         "missing-directory",
         "closed-fd",
+        "fd-out-of-range",
     ],
 )
 def test_serve_on_a_bind_it_cannot_take_is_one_line(
@@ -216,6 +217,11 @@ def test_serve_on_a_bind_it_cannot_take_is_one_line(
         "regular-file": (f"unix:{regular_file}", "which is not a socket"),
         "missing-directory": (f"unix:{tmp_path}/missing/p.sock", "directory that does not exist"),
         "closed-fd": ("fd://987", "names a descriptor that is not an open socket"),
+        # Past a C int: os.fstat raised OverflowError, a traceback (exit 1).
+        "fd-out-of-range": (
+            "fd://99999999999999999999",
+            "names a descriptor that is not an open socket",
+        ),
     }[case]
     result = run(["plinth", "serve"], PLINTH_DATABASE_URL=GOOD_URL, PLINTH_BIND=bind)
     assert result.returncode == 78, result.stdout + result.stderr
