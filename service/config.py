@@ -80,6 +80,16 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     release_info_file: Path | None = None
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul_byte(cls, value: object) -> object:
+        # Only an env file can hold one (the environment cannot). C reads a string up to it:
+        # libpq dropped the rest of the connection string unseen (port, user, our timeouts)
+        # and connected elsewhere or without limits; a path raised a traceback.
+        if isinstance(value, str) and "\0" in value:
+            raise ValueError("contains a null byte (\\0)")
+        return value
+
     @field_validator("models", mode="before")
     @classmethod
     def _split_comma_list(cls, value: object) -> object:

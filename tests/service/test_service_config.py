@@ -329,6 +329,30 @@ def test_unreadable_or_undecodable_env_file_is_one_line(check_config, tmp_path: 
     ]
 
 
+# Only an env file can hold a NUL byte (the environment cannot). Each passed check-config: in
+# the URL, libpq read the connection string only up to the NUL and dropped the rest unseen
+# (the port, the user, the service's statement and connect timeouts), so the service connected
+# elsewhere or without its limits; in the bind, a traceback.
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PLINTH_DATABASE_URL", "postgresql+psycopg://plinth:s3cr3t\0@db.internal:5432/plinth"),
+        ("PLINTH_DATABASE_URL", "postgresql+psycopg://plinth:s3cr3t@db.internal:5432/pl\0inth"),
+        ("PLINTH_BIND", "unix:/run/plinth/pl\0inth.sock"),
+    ],
+    ids=["in-password", "in-database-name", "in-bind"],
+)
+def test_a_nul_byte_in_the_env_file_is_one_line(
+    check_config, tmp_path: Path, variable: str, value: str
+) -> None:
+    env_file = tmp_path / "plinth.env"
+    env_file.write_text(f"PLINTH_DATABASE_URL={GOOD_URL}\n{variable}={value}\n")
+    result = check_config(PLINTH_ENV_FILE=str(env_file))
+    assert result.returncode == 78
+    assert result.stderr.splitlines() == [PREFIX + f"{variable} contains a null byte (\\0)"]
+    assert "s3cr3t" not in result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("unreadable", ["manifest.json", "weights.json"])
 def test_unreadable_model_file_is_one_line(check_config, tmp_path: Path, unreadable: str) -> None:
     from service_support import artifacts_with_test_models
