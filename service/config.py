@@ -211,7 +211,8 @@ def _is_utf8(value: str) -> bool:
 def load_settings(**overrides: object) -> Settings:
     """Read and validate the settings; raise ``ConfigError`` naming the first bad variable."""
     for name, value in os.environ.items():
-        if name.startswith(ENV_PREFIX) and not _is_utf8(value):
+        # Upper-cased as pydantic-settings reads names (case-insensitively): plinth_bind is read.
+        if name.upper().startswith(ENV_PREFIX) and not _is_utf8(value):
             # A byte that is not UTF-8 (Python keeps it as a lone surrogate) passed the checks
             # and failed later, with a traceback, wherever the value was encoded.
             raise ConfigError(name, "is not UTF-8 text")

@@ -294,6 +294,16 @@ def test_a_value_that_is_not_utf8_is_one_line(url: str) -> None:
     assert result.stderr.splitlines() == [PREFIX + "PLINTH_DATABASE_URL is not UTF-8 text"]
 
 
+def test_a_lower_case_name_is_checked_for_utf8_too() -> None:
+    # pydantic-settings reads names case-insensitively, so plinth_log_level is the level; the
+    # UTF-8 check looked at upper-case names only and let the byte through to a traceback.
+    result = run(
+        ["plinth", "check-config"], PLINTH_DATABASE_URL=GOOD_URL, plinth_bind="loc\udcffal:1"
+    )
+    assert result.returncode == 78, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [PREFIX + "plinth_bind is not UTF-8 text"]
+
+
 def make_unreadable(path: Path) -> None:
     """``path`` becomes a file that exists but cannot be read, even by root (the suite's user
     in CI): mode 000 stops anyone else, a write-only sysctl stops root too."""
