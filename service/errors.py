@@ -17,6 +17,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.context import current_request_id
+from service.head import allowed_with_head
 from service.inference_batcher import ModelError
 from service.prediction_writer import WRITES_REFUSED
 
@@ -139,8 +140,11 @@ def install_exception_handlers(app: FastAPI) -> None:
 
     async def on_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         detail = error.detail if isinstance(error.detail, str) else None
+        headers = error.headers
+        if headers and "Allow" in headers:
+            headers = {**headers, "Allow": allowed_with_head(headers["Allow"])}
         return problem_response(
-            error.status_code, detail, instance=request.url.path, headers=error.headers
+            error.status_code, detail, instance=request.url.path, headers=headers
         )
 
     async def on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -8,6 +8,15 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
+def allowed_with_head(allow: str) -> str:
+    """A 405's Allow (Starlette lists the route's declared methods) with HEAD wherever GET is
+    there, as HeadAsGet serves it: RFC 9110 (15.5.6) has Allow list what the resource takes."""
+    methods = [method.strip() for method in allow.split(",") if method.strip()]
+    if "GET" in methods and "HEAD" not in methods:
+        methods.append("HEAD")
+    return ", ".join(methods)
+
+
 class HeadAsGet:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app

@@ -272,7 +272,8 @@ def test_unknown_route_and_wrong_method(client: TestClient) -> None:
     assert_problem(client.get("/no/such/route"), 404)
     body = assert_problem(client.delete("/healthz"), 405)
     assert body["title"] == "Method Not Allowed"
-    assert client.delete("/healthz").headers["allow"] == "GET"
+    # HEAD is served wherever GET is (service.head), so Allow says so too (RFC 9110 15.5.6).
+    assert client.delete("/healthz").headers["allow"] == "GET, HEAD"
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/version", "/v1/models"])
