@@ -69,7 +69,8 @@ APP_DEFAULTS = {
     # Addresses (or networks) the service may reach besides localhost: a db_host on another
     # host must be in one (validation refuses it otherwise).
     "app_ip_address_allow": [],
-    # Any further PLINTH_* settings, e.g. {"DB_POOL_SIZE": 10}.
+    # Any further PLINTH_* settings, e.g. {"DB_POOL_SIZE": 10}; not those the deploy writes
+    # from other keys (validate.py says which key instead).
     "app_extra_env": {},
 }
 

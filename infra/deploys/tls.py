@@ -24,7 +24,13 @@ from infra.deploys import layout
 from infra.deploys.firewall import FIREWALL_DEFAULTS
 from infra.deploys.nginx import validate_and_reload
 from infra.deploys.templating import TEMPLATES_DIR, template
-from infra.deploys.validate import ABSOLUTE_PATH, InventoryDataError, hidden_by_sandbox
+from infra.deploys.validate import (
+    ABSOLUTE_PATH,
+    DNS_NAME,
+    EMAIL,
+    InventoryDataError,
+    hidden_by_sandbox,
+)
 
 TLS_MODES = ("acme", "self-signed", "off")
 ACME_DIRECTORIES = {
@@ -79,11 +85,6 @@ CERTBOT_DROPIN = f"{layout.SYSTEMD_UNIT_DIR}/certbot.service.d/{layout.APP_NAME}
 DEPLOY_HOOK = f"{LETSENCRYPT_DIR}/renewal-hooks/deploy/reload-nginx"
 SELF_SIGNED_DIR = f"/etc/ssl/{layout.APP_NAME}"
 SELF_SIGNED_RENEW_DAYS = 30
-
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_DNS_NAME = re.compile(
-    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{1,62}$"
-)
 
 
 class TlsCertificate(FactBase):
@@ -143,10 +144,10 @@ def _fail(message: str) -> None:
 # backslash and no `$` (nginx would read an escape or a variable). A double quote, which a
 # Permissions-Policy origin needs, is escaped by the template. Anything else would make nginx
 # refuse the file, or send a header nobody set.
-_HEADER_VALUE = re.compile(r'^[ !"#%-\[\]-~]*$')
+_HEADER_VALUE = re.compile(r'^[ !"#%-\[\]-~]*\Z')
 HEADER_KEYS = ("tls_referrer_policy", "tls_content_security_policy", "tls_permissions_policy")
 # certbot's certificate name and the webroot land in paths and in nginx's files as they are.
-_CERT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_CERT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 
 def _check_common(data) -> None:
@@ -202,7 +203,7 @@ def tls_settings(data) -> dict:
             pass
         else:
             _fail(f"TLS domain {name} is an IP address; certificates here name DNS names")
-        if not _DNS_NAME.match(name):
+        if not DNS_NAME.match(name):
             _fail(f"TLS domain {name!r} is not a valid DNS name")
     domain = str(data.get("domain") or "").lower().rstrip(".")
     if domain and domain not in settings["domains"]:
@@ -235,7 +236,7 @@ def tls_settings(data) -> dict:
             f"{list(ports)!r} must include it"
         )
     email = data.get("tls_acme_email")
-    if not email or not _EMAIL.match(str(email)):
+    if not email or not EMAIL.match(str(email)):
         _fail(f"tls_mode acme needs a contact e-mail in tls_acme_email (got {email!r})")
     directory = data.get("tls_acme_directory")
     directory = ACME_DIRECTORIES.get(directory, directory)

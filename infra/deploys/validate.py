@@ -17,17 +17,21 @@ from infra.deploys.app import APP_DEFAULTS, ENV_FROM_DATA
 from infra.deploys.backups import BACKUP_DEFAULTS
 from infra.deploys.base import BASE_DEFAULTS
 from infra.deploys.cutover import RELEASE_DEFAULTS
+from infra.deploys.firewall import FIREWALL_DEFAULTS
 from infra.deploys.hostops import host_roles
 from infra.deploys.logcaps import LOGCAPS_DEFAULTS
 from infra.deploys.nginx import NGINX_DEFAULTS
 from infra.deploys.os_hardening import HARDENING_DEFAULTS
 from infra.deploys.postgres import POSTGRES_DEFAULTS, listen_addresses
+from service.config import Settings
 
 WORKERS_RANGE = range(1, 33)
-_HOSTNAME = re.compile(
-    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{1,62}$"
+# Every pattern here ends in \Z, not $: $ matches before a final newline too, and a value read
+# from a file ("plinth\n") passed, to land in pg_hba.conf, a unit or a script as a line break.
+DNS_NAME = re.compile(
+    r"^(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{1,62}\Z"
 )
-_ROLE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_ROLE = re.compile(r"^[a-z_][a-z0-9_]{0,62}\Z")
 # Role names PostgreSQL keeps for itself (CREATE ROLE refuses them, or they name something
 # else), its superuser (migrations would run as it, and pg_hba.conf's `local all postgres peer`,
 # read first, would fail the deploy's password check every time), and `all`, which pg_hba.conf
@@ -43,13 +47,24 @@ _RESERVED_ROLES = (
 )
 # Words pg_hba.conf reads as keywords where its template writes db_name (unquoted, lower case).
 _HBA_DATABASE_KEYWORDS = ("all", "sameuser", "samerole", "samegroup", "replication")
-_EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@([A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,}$")
+EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@([A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,}\Z")
 # Names people leave in templates instead of their own.
 _PLACEHOLDER = re.compile(
     r"(^|\.)example\.(com|org|net)$|^example\.|change-?me|replace-?me|your-?domain|placeholder"
     r"|^domain\.tld$|^localhost$",
     re.IGNORECASE,
 )
+
+
+def _service_range(key: str) -> tuple[int, int]:
+    """The bounds service/config.py sets on the PLINTH_* setting `key` fills in (ENV_FROM_DATA).
+    Past them, the service's own check refused the env file on the host, mid-deploy, naming
+    PLINTH_* rather than the key."""
+    setting = next(name for name, data_key in ENV_FROM_DATA.items() if data_key == key)
+    metadata = Settings.model_fields[setting.lower()].metadata
+    lowest = next(m.ge for m in metadata if hasattr(m, "ge"))
+    highest = next(m.le for m in metadata if hasattr(m, "le"))
+    return lowest, highest
 
 
 # Numbers: key -> (lowest, highest or None). Each deploy's data_defaults says what they mean.
@@ -61,9 +76,9 @@ _NUMBERS = {
     "ssh_max_auth_tries": (1, None),
     "ssh_max_sessions": (2, None),  # a command and an upload (SFTP) each take one
     "ssh_client_alive_interval": (0, None),  # 0: no keep-alive probes
-    "app_max_batch_size": (1, None),
-    "app_timeout_seconds": (1, None),
-    "app_graceful_timeout_seconds": (1, None),
+    "app_max_batch_size": _service_range("app_max_batch_size"),
+    "app_timeout_seconds": _service_range("app_timeout_seconds"),
+    "app_graceful_timeout_seconds": _service_range("app_graceful_timeout_seconds"),
     "app_keep_releases": (1, None),
     "nginx_proxy_connect_timeout": (1, None),
     "nginx_proxy_send_timeout": (1, None),
@@ -85,39 +100,39 @@ _NUMBERS = {
     "release_lock_wait": (0, 86400),
 }
 # A path as it may land unquoted in a script or a unit: absolute, no space, quote or `..`.
-ABSOLUTE_PATH = re.compile(r"^(/[A-Za-z0-9_][A-Za-z0-9._-]*)+$")
+ABSOLUTE_PATH = re.compile(r"^(/[A-Za-z0-9_][A-Za-z0-9._-]*)+\Z")
 # Words: key -> (pattern, what it must be). They land in configuration files as they are, so a
 # value that does not match would break the file (or a line of it) on the host.
 _WORDS = {
-    "db_name": (re.compile(r"^[a-z_][a-z0-9_]{0,62}$"), "a plain PostgreSQL name"),
-    "nginx_client_max_body_size": (re.compile(r"^[0-9]{1,9}[kKmMgG]?$"), "an nginx size, e.g. 1m"),
-    "nginx_log_max_size": (re.compile(r"^[0-9]+[kKMG]?$"), "a logrotate size, e.g. 100M"),
-    "nginx_predict_rate": (re.compile(r"^[1-9][0-9]*r/[sm]$"), "an nginx rate, e.g. 20r/s"),
+    "db_name": (re.compile(r"^[a-z_][a-z0-9_]{0,62}\Z"), "a plain PostgreSQL name"),
+    "nginx_client_max_body_size": (re.compile(r"^[0-9]{1,9}[kKmMgG]?\Z"), "an nginx size, e.g. 1m"),
+    "nginx_log_max_size": (re.compile(r"^[0-9]+[kKMG]?\Z"), "a logrotate size, e.g. 100M"),
+    "nginx_predict_rate": (re.compile(r"^[1-9][0-9]*r/[sm]\Z"), "an nginx rate, e.g. 20r/s"),
     "timezone": (
-        re.compile(r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$"),
+        re.compile(r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*\Z"),
         "a zone, e.g. Etc/UTC",
     ),
-    "journald_system_max_use": (re.compile(r"^[0-9]+[KMGTPE]?$"), "a journald size, e.g. 500M"),
+    "journald_system_max_use": (re.compile(r"^[0-9]+[KMGTPE]?\Z"), "a journald size, e.g. 500M"),
     # A string of octal digits: a number (27) would land in login.defs as another mask.
-    "login_umask": (re.compile(r"^0?[0-7]{3}$"), 'an octal umask in quotes, e.g. "022"'),
-    "deploy_user": (re.compile(r"^[a-z_][a-z0-9_-]{0,30}$"), "a plain user name, e.g. deploy"),
+    "login_umask": (re.compile(r"^0?[0-7]{3}\Z"), 'an octal umask in quotes, e.g. "022"'),
+    "deploy_user": (re.compile(r"^[a-z_][a-z0-9_-]{0,30}\Z"), "a plain user name, e.g. deploy"),
     # As /etc/locale.gen names them (en_US.utf8 is not there: the deploy would fail mid-run).
     "locale": (
-        re.compile(r"^(C|[a-z]{2,3}_[A-Z]{2})\.UTF-8(@[a-z]+)?$"),
+        re.compile(r"^(C|[a-z]{2,3}_[A-Z]{2})\.UTF-8(@[a-z]+)?\Z"),
         "a UTF-8 locale as /etc/locale.gen names it, e.g. C.UTF-8 or en_US.UTF-8",
     ),
     "backup_dir": (ABSOLUTE_PATH, "an absolute path without a trailing /, e.g. /var/backups/x"),
     "journald_max_file_sec": (
-        re.compile(r"^[0-9]+ ?(us|ms|s|sec|m|min|h|hr|d|day|w|week|M|month|y|year)?$"),
+        re.compile(r"^[0-9]+ ?(us|ms|s|sec|m|min|h|hr|d|day|w|week|M|month|y|year)?\Z"),
         "a journald time span, e.g. 1month",
     ),
 }
 # Lists of names: key -> (pattern of one entry, what it is). A string would be read one
 # character at a time: "usb-storage" blocked the modules u, s, b...
 _NAME_LISTS = {
-    "base_packages": (re.compile(r"^[a-z0-9][a-z0-9+.-]+$"), 'packages, e.g. ["curl"]'),
-    "hardening_packages": (re.compile(r"^[a-z0-9][a-z0-9+.-]+$"), 'packages, e.g. ["lynis"]'),
-    "blocked_kernel_modules": (re.compile(r"^[A-Za-z0-9_-]+$"), 'kernel modules, e.g. ["dccp"]'),
+    "base_packages": (re.compile(r"^[a-z0-9][a-z0-9+.-]+\Z"), 'packages, e.g. ["curl"]'),
+    "hardening_packages": (re.compile(r"^[a-z0-9][a-z0-9+.-]+\Z"), 'packages, e.g. ["lynis"]'),
+    "blocked_kernel_modules": (re.compile(r"^[A-Za-z0-9_-]+\Z"), 'kernel modules, e.g. ["dccp"]'),
 }
 # Address lists: key -> whether each entry must carry its prefix length (pg_hba.conf's does).
 _NETWORK_LISTS = {
@@ -161,14 +176,14 @@ def check_domain(domain) -> None:
     name = str(domain).lower()
     if _PLACEHOLDER.search(name):
         _fail(f"domain {domain!r} is a placeholder; set the host's real name")
-    if not _HOSTNAME.match(name):
+    if not DNS_NAME.match(name):
         _fail(f"domain {domain!r} is not a valid DNS name")
 
 
 def check_email(email) -> None:
     if email is None:
         return
-    if not _EMAIL.match(str(email)):
+    if not EMAIL.match(str(email)):
         _fail(f"tls_acme_email {email!r} is not a valid e-mail address")
     if _PLACEHOLDER.search(str(email).rsplit("@", 1)[-1]) or "changeme" in str(email).lower():
         _fail(f"tls_acme_email {email!r} is a placeholder; set a real contact address")
@@ -248,7 +263,7 @@ def check_systemd_value(key: str, value) -> None:
 
 
 # An address, or a network with its prefix length: the one form every reader here takes.
-_NETWORK = re.compile(r"^[0-9A-Fa-f.:]+(/[0-9]{1,3})?$")
+_NETWORK = re.compile(r"^[0-9A-Fa-f.:]+(/[0-9]{1,3})?\Z")
 
 
 def check_networks(key: str, value) -> None:
@@ -294,7 +309,7 @@ def check_backup_dir(value: str) -> None:
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 # (A dot between labels is required: with an optional one, a name that fails to match, such as
 # one with a port, took exponential time to refuse.)
-_HOST_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+_HOST_NAME = re.compile(rf"^(?=.{{1,253}}\Z){_LABEL}(\.{_LABEL})*\Z")
 
 
 def _address_or_name(text: str) -> bool:
@@ -338,6 +353,29 @@ def check_db_host_reachable(db_host: str, allowed) -> None:
         )
 
 
+def check_db_port_open(listen, ports, db_port: int) -> None:
+    """A database listening beyond loopback is reached through this host's firewall, which lets
+    in firewall_tcp_ports alone: without db_port there, this deploy stayed green and the
+    service host's, run next, timed out on its migrations, mid-deploy."""
+    if all(entry.lower() == "localhost" or _is_loopback(entry) for entry in listen):
+        return
+    try:  # as the firewall reads them ("5432" opens 5432); it refuses a bad list itself
+        if not isinstance(ports, list | tuple):
+            return
+        open_ports = {int(port) for port in ports}
+    except (TypeError, ValueError):
+        return
+    if db_port not in open_ports:
+        _fail(
+            f"db_listen_addresses {listen!r} serve other hosts on db_port {db_port}: "
+            f"firewall_tcp_ports {list(ports)!r} must include it"
+        )
+
+
+def _is_loopback(text: str) -> bool:
+    return _is_ip_address(text) and ipaddress.ip_address(text).is_loopback
+
+
 def _is_ip_address(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
@@ -356,7 +394,14 @@ def check_listen_addresses(value) -> None:
         )
 
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+# Settings the deploy writes itself, from what: one in app_extra_env came later in the env file
+# and won, so the service connected where the deploy's checks and migrations had not been.
+_SET_BY_DEPLOY = {
+    "DATABASE_URL": "from db_host, db_port, db_name, db_user and the role's password",
+    "ENV_FILE": "in the service's unit",
+    "RELEASE_INFO_FILE": "in the service's unit, per release",
+}
 
 
 def check_extra_env(extra) -> None:
@@ -368,6 +413,8 @@ def check_extra_env(extra) -> None:
             _fail(f"app_extra_env name {name!r} is not a setting name (PLINTH_ is added)")
         if name.upper() in ENV_FROM_DATA:
             _fail(f"app_extra_env {name}: set {ENV_FROM_DATA[name.upper()]} instead")
+        if name.upper() in _SET_BY_DEPLOY:
+            _fail(f"app_extra_env {name}: the deploy sets it ({_SET_BY_DEPLOY[name.upper()]})")
         if not isinstance(value, str | int | float | bool) or "\n" in str(value):
             _fail(f"app_extra_env {name} {value!r} must be one line of text or a number")
         check_env_text(f"app_extra_env {name}", value)
@@ -375,6 +422,15 @@ def check_extra_env(extra) -> None:
 
 # Settings the app deploy writes into the service's env file as text.
 _ENV_TEXT_KEYS = ("app_environment", "app_models", "app_log_level")
+
+
+def check_text_setting(key: str, value) -> None:
+    """Text, not blank: the env file takes any other value as Python prints it (["iris"] as
+    "['iris']", None as "None"), which the service refused on the host, mid-deploy, as a
+    model or level of that name."""
+    if not isinstance(value, str) or not value.strip():
+        _fail(f"{key} {value!r} must be text, e.g. {APP_DEFAULTS[key]!r}")
+    check_env_text(key, value)
 
 
 def check_env_text(key: str, value) -> None:
@@ -400,6 +456,7 @@ def check_distribution() -> None:
         **ACCESS_DEFAULTS,
         **BASE_DEFAULTS,
         **POSTGRES_DEFAULTS,
+        **FIREWALL_DEFAULTS,
         **APP_DEFAULTS,
         **NGINX_DEFAULTS,
         **LOGCAPS_DEFAULTS,
@@ -440,10 +497,14 @@ def validate() -> None:
     for key in _SYSTEMD_VALUES:
         check_systemd_value(key, data.get(key))
     check_listen_addresses(data.db_listen_addresses)
+    if "db" in host_roles():  # where PostgreSQL runs
+        check_db_port_open(
+            listen_addresses(data.db_listen_addresses), data.firewall_tcp_ports, data.db_port
+        )
     check_db_host(data.db_host)
     if "app" in host_roles():  # where the service's unit runs
         check_db_host_reachable(data.db_host, data.app_ip_address_allow)
     check_extra_env(data.app_extra_env)
     for key in _ENV_TEXT_KEYS:
-        check_env_text(key, data.get(key))
+        check_text_setting(key, data.get(key))
     check_distribution()

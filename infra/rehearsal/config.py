@@ -33,12 +33,12 @@ DEFAULT_LOCK_TIMEOUT = 60.0
 DEFAULT_BOOT_TIMEOUT = 90.0
 # The rootfs lives on a tmpfs of at most this size (see rootfs.unpack); "0" or "off": on disk.
 DEFAULT_TMPFS_SIZE = "6G"
-_SIZE_RE = re.compile(r"^[1-9][0-9]*[KMG]?$")
+_SIZE_RE = re.compile(r"^[1-9][0-9]*[KMG]?\Z")
 
 ENV_PREFIX = "PLINTH_REHEARSAL_"
-_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
-_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
-_TOOL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]\Z")
+_DOMAIN_RE = re.compile(r"^(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}\Z")
+_TOOL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*\Z")
 
 
 @dataclass(frozen=True)

@@ -253,10 +253,124 @@ _ACME = {"tls_mode": "acme", "tls_acme_email": "ops@plinth.test"}
             "443",
             id="self-signed-without-443",
         ),
+        # A trailing newline (a value read from a file) lands in the file as a line break:
+        # pg_hba.conf that PostgreSQL refuses at its next start, a unit, a script, a command.
+        pytest.param(
+            {"db_name": "plinth\n"}, _VALIDATE_ONLY, "db_name 'plinth\\n'", id="newline-db-name"
+        ),
+        pytest.param(
+            {"db_owner": "owner\n"}, _VALIDATE_ONLY, "db_owner 'owner\\n'", id="newline-role"
+        ),
+        pytest.param(
+            {"domain": "plinth.test\n"},
+            _VALIDATE_ONLY,
+            "domain 'plinth.test\\n'",
+            id="newline-domain",
+        ),
+        pytest.param(
+            {"backup_dir": "/var/backups/plinth\n"},
+            _VALIDATE_ONLY,
+            "backup_dir '/var/backups/plinth\\n'",
+            id="newline-backup-dir",
+        ),
+        pytest.param(
+            {"base_packages": ["curl\n", "sudo"]}, _VALIDATE_ONLY, "base_packages", id="newline-pkg"
+        ),
+        # Later in the env file than the deploy's own URL, so it won: the service connected
+        # where the deploy's checks and migrations had not been.
+        pytest.param(
+            {"app_extra_env": {"database_url": "postgresql+psycopg://u:p@elsewhere/db"}},
+            _VALIDATE_ONLY,
+            "app_extra_env database_url: the deploy sets it",
+            id="env-database-url",
+        ),
+        pytest.param(
+            {"app_extra_env": {"DB_POOL_SIZE\n": 5}},
+            _VALIDATE_ONLY,
+            "is not a setting name",
+            id="newline-env-name",
+        ),
+        pytest.param(  # ABSOLUTE_PATH, which the TLS deploy checks it with
+            {**_ACME, "tls_acme_webroot": "/var/www/letsencrypt\n"},
+            _TLS_ONLY,
+            "tls_acme_webroot",
+            id="newline-webroot",
+        ),
+        pytest.param(
+            {**_ACME, "tls_domains": ["plinth.test\n"]}, _TLS_ONLY, "TLS domain", id="newline-tls"
+        ),
+        pytest.param(
+            {**_ACME, "tls_acme_email": "ops@plinth.test\n"},
+            _TLS_ONLY,
+            "tls_acme_email",
+            id="newline-email",
+        ),
+        pytest.param(
+            {"tls_cert_name": "plinth\n"}, _TLS_ONLY, "tls_cert_name", id="newline-cert-name"
+        ),
+        pytest.param(  # an add_header line in nginx's file, broken in two
+            {"tls_referrer_policy": "no-referrer\n"},
+            _TLS_ONLY,
+            "tls_referrer_policy",
+            id="newline-header",
+        ),
+        # A list where the env file takes text: written as "['iris']", which the service
+        # reads as a model of that name and refuses on the host, mid-deploy.
+        pytest.param(
+            {"app_models": ["iris"]},
+            _VALIDATE_ONLY,
+            "app_models ['iris'] must be",
+            id="models-list",
+        ),
+        pytest.param(
+            {"app_log_level": None},
+            _VALIDATE_ONLY,
+            "app_log_level None must be",
+            id="log-level-none",
+        ),
+        # Past the service's own bounds (service/config.py): its check on the host would refuse
+        # them mid-deploy, naming PLINTH_* rather than the key.
+        pytest.param(
+            {"app_max_batch_size": 10_001}, _VALIDATE_ONLY, "1..10000", id="batch-above-service"
+        ),
+        pytest.param(
+            {"app_timeout_seconds": 3601}, _VALIDATE_ONLY, "1..3600", id="timeout-above-service"
+        ),
     ],
 )
 def test_bad_data_is_refused_without_a_host(tmp_path, data, entry, message):
     _assert_refused(_dry_run(tmp_path, data, entry), message)
+
+
+_DB_FOR_OTHERS = {"db_listen_addresses": ["10.0.0.5"], "db_client_networks": ["10.0.0.6/32"]}
+
+
+@pytest.mark.parametrize(
+    ("group", "data", "refused"),
+    [
+        # The firewall lets in firewall_tcp_ports alone: this deploy stayed green and the
+        # service host's timed out on its migrations, mid-deploy.
+        pytest.param("db", {**_DB_FOR_OTHERS, "firewall_tcp_ports": [22]}, True, id="closed"),
+        pytest.param("db", {**_DB_FOR_OTHERS, "firewall_tcp_ports": ["5432"]}, False, id="open"),
+        pytest.param("db", {"firewall_tcp_ports": []}, False, id="loopback-only"),
+        pytest.param(
+            "db",
+            {"db_listen_addresses": "localhost,127.0.0.1", "firewall_tcp_ports": []},
+            False,
+            id="loopback-addresses",
+        ),
+        pytest.param("app", {**_DB_FOR_OTHERS, "firewall_tcp_ports": [443]}, False, id="app-only"),
+    ],
+)
+def test_a_database_for_other_hosts_needs_its_port_open(tmp_path, group, data, refused):
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text(f"{group} = [('@local', {{'domain': 'plinth.test', **{data!r}}})]\n")
+    (tmp_path / "entry.py").write_text(_VALIDATE_ONLY)
+    run = run_deploy(dry=True, inventory=str(inventory), entry=str(tmp_path / "entry.py"))
+    if refused:
+        _assert_refused(run, "db_listen_addresses ['10.0.0.5'] serve other hosts on db_port 5432")
+    else:
+        assert run.returncode == 0, run.stderr[-2000:]
 
 
 @pytest.mark.parametrize(
@@ -289,6 +403,11 @@ def test_bad_data_is_refused_without_a_host(tmp_path, data, entry, message):
             {**_ACME, "firewall_tcp_ports": ["80", "443"]}, _TLS_ONLY, id="ports-as-strings"
         ),
         pytest.param({"tls_mode": "off", "firewall_tcp_ports": [5432]}, _TLS_ONLY, id="tls-off"),
+        pytest.param(  # the service's own upper bounds are fine
+            {"app_max_batch_size": 10_000, "app_graceful_timeout_seconds": 3600},
+            _VALIDATE_ONLY,
+            id="service-bounds",
+        ),
     ],
 )
 def test_good_data_passes_without_a_host(tmp_path, data, entry):

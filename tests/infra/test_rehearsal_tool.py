@@ -215,6 +215,10 @@ def test_invalid_settings_fail_with_one_line(state_dir, env) -> None:
     assert_one_line_error(cli("up", "--subnet", "10.213.250.0/33", env=env), "invalid subnet")
     assert_one_line_error(cli("up", "--subnet", "8.8.8.0/24", env=env), "private IPv4")
     assert_one_line_error(cli("up", "--name", "Bad_Name", env=env), "invalid machine name")
+    # A trailing newline (a value read from a file) would name the machine, its veth and its
+    # nftables table with a line break in them.
+    assert_one_line_error(cli("up", "--name", "plinth\n", env=env), "invalid machine name")
+    assert_one_line_error(cli("up", "--domain", "a.test\n", env=env), "invalid domain")
     peers = {**env, "PLINTH_REHEARSAL_PEERS": "10.213.251.0/24,10.213.250.128/25"}
     assert_one_line_error(cli("up", env=peers), "peer subnet 10.213.250.128/25 overlaps")
     peers["PLINTH_REHEARSAL_PEERS"] = "10.213.251.0/24,nonsense"
