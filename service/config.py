@@ -29,9 +29,10 @@ _POSTGRESQL_INT_MAX = 2_147_483_647
 _MAX_WAIT_SECONDS = 3600
 # What Gunicorn's bind accepts that plinth supports: host:port (IPv6 in brackets), a unix
 # socket path, or an inherited file descriptor. A port is required (Gunicorn would silently
-# pick 8000); with systemd's socket (LISTEN_FDS) the bind is not used at all.
+# pick 8000); with systemd's socket (LISTEN_FDS) the bind is not used at all. \Z, not $: $
+# let a final newline through (a quoted "\n" in the env file), into the socket's path.
 _BIND = re.compile(
-    r"^(?:unix:.+|fd://\d+|(?:tcp://)?(?:\[[0-9A-Fa-f:.]+\]|[^\s:\[\]/]+):(?P<port>\d+))$"
+    r"^(?:unix:.+|fd://\d+|(?:tcp://)?(?:\[[0-9A-Fa-f:.]+\]|[^\s:\[\]/]+):(?P<port>\d+))\Z"
 )
 
 # Values people paste into templates instead of a real secret.

@@ -17,7 +17,7 @@ from service.metrics import HTTP_LATENCY, HTTP_REQUESTS
 access_logger = logging.getLogger("plinth.access")
 logger = logging.getLogger("plinth")
 # A proxy-supplied id is copied into logs and headers, so accept only a safe alphabet.
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")  # \Z: no final newline
 _UNMATCHED_ROUTE = "<unmatched>"  # one label for all unknown paths keeps cardinality bounded
 # nginx's "client closed request": nobody receives an answer, and nothing failed on our side.
 CLIENT_CLOSED_REQUEST = 499

@@ -113,6 +113,11 @@ PRODUCTION_CASES = [
         {"PLINTH_DATABASE_URL": GOOD_URL, "PLINTH_BIND": "127.0.0.1:http"},
         "PLINTH_BIND must be host:port, unix:/path or fd://<descriptor number>",
     ),
+    # A final newline (a quoted "\n" in the env file) passed, into the socket's path.
+    (
+        {"PLINTH_DATABASE_URL": GOOD_URL, "PLINTH_BIND": "unix:/run/plinth/plinth.sock\n"},
+        "PLINTH_BIND must be host:port, unix:/path or fd://<descriptor number>",
+    ),
     # A misspelt libpq parameter refused every connection at the first request (a 500).
     (
         {"PLINTH_DATABASE_URL": GOOD_URL + "?sslmod=require"},
