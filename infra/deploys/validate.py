@@ -354,9 +354,10 @@ def check_db_host_reachable(db_host: str, allowed) -> None:
 
 
 def check_db_port_open(listen, ports, db_port: int) -> None:
-    """A database listening beyond loopback is reached through this host's firewall, which lets
-    in firewall_tcp_ports alone: without db_port there, this deploy stayed green and the
-    service host's, run next, timed out on its migrations, mid-deploy."""
+    """A database host of its own, listening beyond loopback, is reached through its firewall,
+    which lets in firewall_tcp_ports alone: without db_port there, this deploy stayed green and
+    the service host's, run next, timed out on its migrations, mid-deploy. (A host that also
+    runs the service reaches its own address through loopback, which the firewall admits.)"""
     if all(entry.lower() == "localhost" or _is_loopback(entry) for entry in listen):
         return
     try:  # as the firewall reads them ("5432" opens 5432); it refuses a bad list itself
@@ -497,7 +498,7 @@ def validate() -> None:
     for key in _SYSTEMD_VALUES:
         check_systemd_value(key, data.get(key))
     check_listen_addresses(data.db_listen_addresses)
-    if "db" in host_roles():  # where PostgreSQL runs
+    if host_roles() == {"db"}:  # PostgreSQL alone: its clients are on other hosts
         check_db_port_open(
             listen_addresses(data.db_listen_addresses), data.firewall_tcp_ports, data.db_port
         )

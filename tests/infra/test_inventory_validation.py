@@ -360,6 +360,11 @@ _DB_FOR_OTHERS = {"db_listen_addresses": ["10.0.0.5"], "db_client_networks": ["1
             id="loopback-addresses",
         ),
         pytest.param("app", {**_DB_FOR_OTHERS, "firewall_tcp_ports": [443]}, False, id="app-only"),
+        # Both roles: the service reaches the host's own address through loopback, which the
+        # firewall admits (tests/infra/test_database_over_the_network.py).
+        pytest.param(
+            "all_in_one", {**_DB_FOR_OTHERS, "firewall_tcp_ports": [443]}, False, id="both-roles"
+        ),
     ],
 )
 def test_a_database_for_other_hosts_needs_its_port_open(tmp_path, group, data, refused):
