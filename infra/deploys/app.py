@@ -200,11 +200,12 @@ def app() -> None:
         running=True,
         enabled=True,
     )
+    # A first start (nothing ran to cut over from) is judged by the same health check. First:
+    # a release that never serves fails as itself, not as the restart below of its new unit.
+    first_start_check(name="Health check of the first start", release_dir=release_dir)
     # A restart for a changed unit is health-checked as a cutover is: a sandbox or limit the
     # service cannot live with fails the deploy in one line, not with systemd's job error.
     checked_restart(name="Restart the service (its unit changed), health check", _if=unit_pending)
-    # A first start (nothing ran to cut over from) is judged by the same health check.
-    first_start_check(name="Health check of the first start", release_dir=release_dir)
     applied_file(
         name="The service unit in effect (recorded)",
         key=SERVICE_UNIT_RECORD,
