@@ -195,6 +195,17 @@ def cpu_split(runs: list[dict]) -> tuple[float, str]:
     return total, f"{parts} = {total:.0f} µs (client {client:.0f} µs)"
 
 
+def spread_text(runs: list[dict]) -> str:
+    """How the CPU of each multi-process program was split over its processes, per round
+    (e.g. `gunicorn 52/48`): an even split says every connection did not land on one worker."""
+    names = sorted({name for run in runs for name in run.get("cpu_spread_pct", {})})
+
+    def rounds(name: str) -> str:
+        return ", ".join("/".join(map(str, r["cpu_spread_pct"].get(name, []))) or "-" for r in runs)
+
+    return "; ".join(f"{name} {rounds(name)}" for name in names) or "one process each"
+
+
 def pin_every_process(rehearsal, cpus: str) -> None:
     """Every process of the host (threads too, PID 1 included, so what it starts later
     inherits it) allowed on `cpus` only; kernel threads are not the host's and stay as
@@ -294,6 +305,10 @@ def _throughput_ratios(rehearsal, args, placement, bare) -> list[tuple[str, str,
             # (which shares the host's cores here, as no real client would) apart.
             (f"{name}: host CPU per request, socket", cpu[direct][1], ""),
             (f"{name}: host CPU per request, nginx + TLS", cpu[via_nginx][1], ""),
+            (f"{name}: CPU split over a program's processes, socket",
+             spread_text(results[direct]), ""),
+            (f"{name}: CPU split over a program's processes, nginx + TLS",
+             spread_text(results[via_nginx]), ""),
             (f"{name}: host CPU per request, socket / nginx+TLS",
              f"{100 * cpu[direct][0] / cpu[via_nginx][0]:.0f}%", ""),
         ]  # fmt: skip

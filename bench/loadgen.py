@@ -161,6 +161,21 @@ def window_ticks(before: dict, after: dict) -> dict[str, int]:
     return used
 
 
+def spread(before: dict, after: dict) -> dict[str, list[int]]:
+    """For each command name that more than one process used CPU under (Gunicorn's workers):
+    each process's share of it in the window, in %, largest first. Shows whether the load
+    reached every worker, or whether the connections all landed on one of them."""
+    by_name: dict[str, list[int]] = {}
+    for (pid, name), ticks in after.items():
+        if used := ticks - before.get((pid, name), 0):
+            by_name.setdefault(name, []).append(used)
+    return {
+        name: sorted((round(100 * t / sum(ticks)) for t in ticks), reverse=True)
+        for name, ticks in by_name.items()
+        if len(ticks) > 1
+    }
+
+
 def per_request_us(ticks: dict[str, int], requests: int) -> dict[str, float]:
     scale = 1e6 / os.sysconf("SC_CLK_TCK") / max(requests, 1)
     return {name: round(t * scale, 1) for name, t in sorted(ticks.items()) if t * scale >= 1}
@@ -198,7 +213,8 @@ def main() -> int:
     time.sleep(max(0.0, begin - time.time()))
     before = cpu_ticks(children)
     time.sleep(max(0.0, begin + args.seconds - time.time()))
-    window = window_ticks(before, cpu_ticks(children))
+    after = cpu_ticks(children)
+    window = window_ticks(before, after)
     results = []
     for read in pipes:
         with os.fdopen(read) as pipe:
@@ -229,6 +245,7 @@ def main() -> int:
         "max_ms": latencies[-1] if latencies else 0,
         "first_error": next((r["first_error"] for r in results if r.get("first_error")), ""),
         "cpu_us_per_request": per_request_us(window, len(latencies)),
+        "cpu_spread_pct": spread(before, after),
         # The client's whole run (warm-up included) over the requests it made in all of it.
         "client_cpu_us_per_request": round(
             client_seconds * 1e6 / max(sum(r.get("made", 0) for r in results), 1), 1
