@@ -197,7 +197,7 @@ def cpu_split(runs: list[dict]) -> tuple[float, str]:
 
 def spread_text(runs: list[dict]) -> str:
     """How the CPU of each multi-process program was split over its processes, per round
-    (e.g. `gunicorn 52/48`): an even split says every connection did not land on one worker."""
+    (e.g. `gunicorn 52/48`): an even split says the connections did not all land on one worker."""
     names = sorted({name for run in runs for name in run.get("cpu_spread_pct", {})})
 
     def rounds(name: str) -> str:
