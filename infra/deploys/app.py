@@ -144,7 +144,7 @@ def app() -> None:
         dest=artifact,
         mode="644",
     )
-    installed = release_installed(
+    release_installed(
         name=f"Install release {release.release_id} on layer {release.deps_key}",
         release_dir=release_dir,
         artifact=artifact,
@@ -153,9 +153,21 @@ def app() -> None:
         pth=LAYER_PTH,
     )
 
+    current = host.get_fact(Link, path=layout.CURRENT_LINK)
+    switching = not current or current.get("link_target") != release_dir
+    # Migrate with the new release's code, before it serves; skipped when the database (the
+    # inventory's, which new settings may have just named) has the release's migrations.
+    # Before the env file is written: a failed migration leaves the settings that serve in
+    # place, so nothing (a restart, a HUP) can start the running release with settings only
+    # the new one was checked with.
+    migration_account()
+    if not at_release_head(data, layer_dir, release.migration_head):
+        migrate(data, release_dir, database_url(data, data.db_owner, "${owner_password}"))
+    release_tool()
+
     env_changed = _env_file(data, release_dir)
     # New settings: changed now, or left on disk unserved by a run that stopped before they
-    # went live (a failed migration, say): the record of what last served tells.
+    # went live (a failed cutover, say): the record of what last served tells.
     new_settings, record_settings = apply_conditions(SETTINGS_RECORD, layout.ENV_FILE, env_changed)
     units_changed, service_unit = _units(data)
     # Restarted for a unit changed now, or left unchecked by a run that stopped or failed
@@ -164,16 +176,6 @@ def app() -> None:
         SERVICE_UNIT_RECORD, _service_unit_path(), service_unit
     )
 
-    current = host.get_fact(Link, path=layout.CURRENT_LINK)
-    switching = not current or current.get("link_target") != release_dir
-    # Migrate with the new release's code, before it (or a new setting) serves; a release
-    # whose migrations the database has already skips it.
-    migration_account()
-    if not (switching and at_release_head(data, layer_dir, release.migration_head)):
-        owner_url = database_url(data, data.db_owner, "${owner_password}")
-        condition = {} if switching else {"_if": lambda: installed.did_change() or new_settings()}
-        migrate(data, release_dir, owner_url, **condition)
-    release_tool()
     # Switch, re-exec Gunicorn from `current`, health check through nginx; else switch back,
     # with the previous settings too when this deploy replaced them.
     cutover = f"Cutover: current -> {release.release_id}"

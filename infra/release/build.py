@@ -43,6 +43,8 @@ REVISION_ENV = "PLINTH_RELEASE_REVISION"
 # Test only: a release with a fault, built from a patched copy of the tree. "readyz": its
 # /readyz always answers 503 (a broken release). "expand": one more migration, which adds a
 # nullable column, as a newer release's expand step would (rollbacks across it are tested).
+# "migrate": one more migration (as "expand"), which fails on the host, as one that names a
+# table the database lacks would.
 # "import": the service does not import, which the preflight must stop before the host.
 # "startup": the app's startup fails, on the host only (under systemd), as a release whose
 # plug-in needs what only the sandbox refuses would: the preflight passes it.
@@ -84,6 +86,23 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_column("predictions", "rehearsal_expand")
 '''
+_MIGRATE_FAULT = '''"""PLINTH_RELEASE_FAULT=migrate (test only): a migration that fails."""
+
+from alembic import op
+
+revision = "@REVISION@"
+down_revision = "@HEAD@"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute("ALTER TABLE rehearsal_no_such_table ADD COLUMN fault integer")
+
+
+def downgrade() -> None:
+    pass
+'''
 _IMPORT_FAULT = """
 
 raise ImportError("PLINTH_RELEASE_FAULT=import: this release does not import")
@@ -102,11 +121,13 @@ async def _lifespan(app):  # PLINTH_RELEASE_FAULT=startup: create_app looks it u
     async with _serving_lifespan(app):
         yield
 """
+_NEW_MIGRATION = f"service/migrations/versions/{EXPAND_REVISION}.py"  # a fault's own migration
 # name -> {path in the tree: text appended to it (a new file is made)}
 FAULTS = {
     # Wraps create_app, which every server process calls (plinth serve's workers too).
     "readyz": {"service/app.py": _READYZ_FAULT},
-    "expand": {f"service/migrations/versions/{EXPAND_REVISION}.py": _EXPAND_FAULT},
+    "expand": {_NEW_MIGRATION: _EXPAND_FAULT},
+    "migrate": {_NEW_MIGRATION: _MIGRATE_FAULT},
     "import": {"service/app.py": _IMPORT_FAULT},
     "startup": {"service/app.py": _STARTUP_FAULT},
 }
@@ -234,7 +255,7 @@ def build_release(target: Target) -> Release:
         _build(labels, target, deps_key, artifact, FAULTS.get(fault, {}))
         _prune_cache(keep=10)
     sha = hashlib.sha256(artifact.read_bytes()).hexdigest()
-    head = EXPAND_REVISION if fault == "expand" else head_revision()
+    head = EXPAND_REVISION if _NEW_MIGRATION in FAULTS.get(fault, {}) else head_revision()
     return Release(release_id, version, git_revision, artifact, sha, deps_key, deps_artifact, head)
 
 

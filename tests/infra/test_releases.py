@@ -626,6 +626,28 @@ def test_a_failed_settings_change_goes_back_to_settings_that_served(first_deploy
     assert again.returncode == 0, again.stderr[-3000:]
 
 
+def test_a_failed_migration_leaves_the_settings_that_serve(first_deploy, rehearsal):
+    """A release whose migration fails, deployed with new settings (a batch limit of 4): the
+    deploy fails at the migration with its one line, before the env file is written, so the
+    settings that serve stay on disk: a restart meanwhile (a reboot, say) starts the old
+    release with them, not with settings only the new release was checked with."""
+    assert run_deploy().returncode == 0
+    env_file, before = ssh(rehearsal, f"sha256sum {layout.ENV_FILE}"), current_release(rehearsal)
+    run = deploy_revision(
+        "test-migrate-fails", data=("app_max_batch_size=4",), PLINTH_RELEASE_FAULT="migrate"
+    )
+    assert run.returncode != 0
+    assert "migration failed: ProgrammingError" in run.stderr, run.stderr[-3000:]
+    assert "rehearsal_no_such_table" in run.stderr and "Traceback" not in run.stderr
+    assert ssh(rehearsal, f"sha256sum {layout.ENV_FILE}") == env_file
+    assert current_release(rehearsal) == before
+    ssh(rehearsal, f"systemctl restart {layout.SERVICE_UNIT}")
+    assert _batch_of_five(rehearsal) == 200  # the inventory's limit (64), not the 4
+    again = run_deploy()
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert ssh(rehearsal, f"sha256sum {layout.ENV_FILE}") == env_file
+
+
 def test_a_restart_of_the_unit_refuses_no_request(first_deploy, rehearsal):
     """After a cutover too, when systemd's main PID is the re-executed master it did not
     fork: every process is stopped gracefully (TERM, in-flight requests finish), none KILLed."""
