@@ -579,9 +579,9 @@ def _batch_of_five(rehearsal) -> int:
 def test_settings_a_stopped_run_left_unapplied_are_applied_by_the_next_deploy(
     first_deploy, rehearsal
 ):
-    """A run that replaced the env file and stopped before its settings served (a failed
-    migration, say): the file is up to date from then on, so only the record of the settings
-    that last served (APPLIED_DIR/env) tells the next deploy to migrate and re-exec with them,
+    """A run that replaced the env file and stopped before its settings served (killed before
+    its cutover, say): the file is up to date from then on, so only the record of the settings
+    that last served (APPLIED_DIR/env) tells the next deploy to re-exec with them,
     health-checked. Here a batch limit of 4 served before that run; the inventory's is 64."""
     assert run_deploy().returncode == 0
     env, kept, record = layout.ENV_FILE, "/root/plinth.env.deployed", f"{layout.APPLIED_DIR}/env"
