@@ -68,7 +68,8 @@ def create_app(settings):  # PLINTH_RELEASE_FAULT=readyz: deliberately broken
 
     return app
 """
-_EXPAND_FAULT = '''"""PLINTH_RELEASE_FAULT=expand (test only): a newer release's expand step."""
+# A fault's own Alembic migration, one after the tree's head (@REVISION@, @HEAD@: see _build).
+_FAULT_MIGRATION = '''"""PLINTH_RELEASE_FAULT={fault} (test only): {what}."""
 
 import sqlalchemy as sa
 from alembic import op
@@ -80,29 +81,24 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.add_column("predictions", sa.Column("rehearsal_expand", sa.Text(), nullable=True))
+    {upgrade}
 
 
 def downgrade() -> None:
-    op.drop_column("predictions", "rehearsal_expand")
+    {downgrade}
 '''
-_MIGRATE_FAULT = '''"""PLINTH_RELEASE_FAULT=migrate (test only): a migration that fails."""
-
-from alembic import op
-
-revision = "@REVISION@"
-down_revision = "@HEAD@"
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-    op.execute("ALTER TABLE rehearsal_no_such_table ADD COLUMN fault integer")
-
-
-def downgrade() -> None:
-    pass
-'''
+_EXPAND_FAULT = _FAULT_MIGRATION.format(
+    fault="expand",
+    what="a newer release's expand step",
+    upgrade='op.add_column("predictions", sa.Column("rehearsal_expand", sa.Text(), nullable=True))',
+    downgrade='op.drop_column("predictions", "rehearsal_expand")',
+)
+_MIGRATE_FAULT = _FAULT_MIGRATION.format(
+    fault="migrate",
+    what="a migration that fails",
+    upgrade='op.execute("ALTER TABLE rehearsal_no_such_table ADD COLUMN fault integer")',
+    downgrade="pass",
+)
 _IMPORT_FAULT = """
 
 raise ImportError("PLINTH_RELEASE_FAULT=import: this release does not import")
